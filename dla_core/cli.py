@@ -1,0 +1,141 @@
+"""Command line: ``python -m dla_core <command> ...``.
+
+Subcommands are registered in :data:`COMMANDS` as ``(name, "module.path[:object]", help)``.
+The target (a module, or an object inside it) exposes ``add_arguments(parser)`` and
+``run(args) -> int | None``. It is imported only when its command runs (or its own
+``--help`` is asked for), so ``python -m dla_core --help`` stays fast and a command's heavy
+imports never slow the others. To add a command from another module, add one line here.
+
+Errors the person can fix (:class:`DLAInputError`) print one line to stderr and exit with
+code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from .errors import DLAInputError
+
+COMMANDS: list[tuple[str, str, str]] = [
+    ("init-dla", "dla_core.cli:InitDLACommand", "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM"),
+    ("inspect", "dla_core.cli:InspectCommand", "print a DLA checkpoint's config, tensor count and parameter count"),
+]
+
+EXIT_INPUT_ERROR = 2
+
+
+def _load_target(spec: str):
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute) if attribute else module
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; only the ``selected`` command's module is imported to add its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="python -m dla_core",
+        description="Subject-driven generation from a multimodal LLM: DLA checkpoints and tools (no ComfyUI needed).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name, target, help_text in COMMANDS:
+        sub = subparsers.add_parser(name, help=help_text, description=help_text[:1].upper() + help_text[1:] + ".")
+        sub.set_defaults(_target=target)
+        if name == selected:
+            _load_target(target).add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known = {name for name, _, _ in COMMANDS}
+    selected = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(selected if selected in known else None)
+    args = parser.parse_args(argv)
+    try:
+        result = _load_target(args._target).run(args)
+    except DLAInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    return int(result or 0)
+
+
+# ---------------------------------------------------------------------- init-dla
+class InitDLACommand:
+    """``init-dla``: fresh DLA checkpoint from an MLLM folder's config.json (the model is not loaded)."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from .dla import INIT_MODES, TARGETS
+        from .lap import POOL_MODES
+
+        parser.add_argument("--mllm", required=True, help="Hugging Face-format MLLM folder (only its config.json is read)")
+        parser.add_argument("--target", default="flux", choices=sorted(TARGETS), help="DiT the conditioning is for (default: flux)")
+        parser.add_argument("--init", default="random", choices=INIT_MODES,
+                            help="random, or identity: the untrained DLA reproduces one layer's hidden states exactly")
+        parser.add_argument("--identity-layer", type=int, default=-1, help="layer the identity init selects (default -1: the last)")
+        parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
+        parser.add_argument("--lap-width", type=int, help="LAP width (default: min(1024, MLLM width); identity: the MLLM width)")
+        parser.add_argument("--lap-heads", type=int, help="attention heads of the LAP blocks")
+        parser.add_argument("--lap-mlp-hidden", type=int, help="MLP hidden size of the LAP blocks")
+        parser.add_argument("--pool", choices=POOL_MODES, help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised, smaller)")
+        parser.add_argument("--null-length", type=int, help="length of the learned 'MLLM off' sequence (default 16)")
+        parser.add_argument("--fuse", choices=("concat_text_first", "concat_image_first"), help="token order of the fused output")
+        parser.add_argument("--out", required=True, help="output file, .safetensors")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from .checkpoint import init_dla, save_dla
+        from .spec import read_mllm_spec
+
+        spec = read_mllm_spec(args.mllm)
+        overrides = {
+            key: value
+            for key, value in (
+                ("lap_width", args.lap_width),
+                ("lap_heads", args.lap_heads),
+                ("lap_mlp_hidden", args.lap_mlp_hidden),
+                ("lap_pool", args.pool),
+                ("null_length", args.null_length),
+                ("fuse", args.fuse),
+            )
+            if value is not None
+        }
+        dla = init_dla(spec, target=args.target, init=args.init, identity_layer=args.identity_layer, seed=args.seed, **overrides)
+        path = save_dla(dla, args.out)
+        print(f"wrote {path}: {args.init} DLA for {spec.describe()} -> {args.target}, {dla.num_parameters():,} parameters")
+        return 0
+
+
+# ---------------------------------------------------------------------- inspect
+class InspectCommand:
+    """``inspect``: a checkpoint's config (header only) plus tensor and parameter counts."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("file", help="DLA checkpoint (.safetensors)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from .checkpoint import _check_path, _config_from_header, _read_header
+
+        path = _check_path(args.file)
+        header = _read_header(path)
+        config = _config_from_header(path, header)
+        tensors = {name: info for name, info in header.items() if name != "__metadata__"}
+        params = 0
+        for info in tensors.values():
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            params += count
+        dtypes = sorted({info["dtype"] for info in tensors.values()})
+        print(f"{path.name}")
+        for key, value in config.to_dict().items():
+            print(f"  {key}: {value}")
+        print(f"  tensors: {len(tensors)} ({', '.join(dtypes)})")
+        print(f"  parameters: {params:,}")
+        return 0

@@ -1,0 +1,355 @@
+"""Dual Layer Aggregation (DLA): MLLM hidden states of every layer -> DiT conditioning.
+
+Two :class:`~dla_core.lap.LayerwiseAttentionPooling` modules with separate weights read the
+MLLM's text-token positions and image-token positions; their per-token outputs go through
+one shared projection to the DiT's context width (FLUX: 4096, the T5 slot) and are fused by
+concatenation along the token axis, per sample:
+
+    [valid text tokens (in order) | valid image tokens (in order) | zero padding]
+
+(``fuse="concat_image_first"`` puts image tokens first). Samples are right-padded with zeros
+to the longest one in the batch and ``token_mask`` marks the valid positions. Positions that
+are in neither content mask (padding, chat-template tokens) are never gathered, so they
+cannot influence any output.
+
+Besides the tokens FLUX needs a pooled vector (the CLIP-L slot, 768 wide). The DLA derives it
+with a learned projection from the masked mean of its own output tokens:
+``pooled = Linear(LayerNorm(mean over valid tokens))``. Targets without a pooled input
+(Qwen-Image) have ``pooled_width=0`` and get ``None``.
+
+"MLLM off" (stage 3 of the sampler and training's condition dropout) is one learned null
+sequence of ``null_length`` tokens (default 16) plus a learned null pooled vector, stored in
+the checkpoint. Both start at zero, i.e. exactly what ComfyUI's ConditioningZeroOut gives a
+FLUX user today, and training moves them. 16 tokens: long enough to carry a learned "no
+instruction" signal, short enough to cost nothing in the DiT's joint attention.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .errors import DLACheckpointError, DLAInputError
+from .features import MLLMFeatures
+from .lap import POOL_MODES, LayerwiseAttentionPooling
+from .spec import MLLMSpec
+
+DLA_CONFIG_VERSION = 1
+
+FUSE_MODES = ("concat_text_first", "concat_image_first")
+INIT_MODES = ("random", "identity")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a target DiT expects from its text encoder slot."""
+
+    context_width: int  # width of each conditioning token
+    pooled_width: int  # width of the pooled vector; 0 = the DiT takes none
+    description: str
+
+
+TARGETS: dict[str, TargetSpec] = {
+    "flux": TargetSpec(4096, 768, "FLUX.1 (T5-XXL token slot 4096 wide, CLIP-L pooled 768)"),
+    "qwen_image": TargetSpec(3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)"),
+}
+
+
+def target_spec(target: str) -> TargetSpec:
+    """Look a target DiT up in :data:`TARGETS`; unknown names raise :class:`DLAInputError`."""
+    try:
+        return TARGETS[target]
+    except KeyError:
+        raise DLAInputError(f"Unknown target '{target}'. Supported targets: {', '.join(sorted(TARGETS))}.") from None
+
+
+@dataclass
+class DLAConfig:
+    """Everything needed to rebuild a :class:`DualLayerAggregation`; stored as JSON in checkpoints.
+
+    ``num_layers`` and ``mllm_width`` describe the MLLM (embedding output + decoder layers);
+    ``layer_indices`` selects which of its layers the LAPs read (``None`` = all).
+    """
+
+    mllm_family: str
+    num_layers: int
+    mllm_width: int
+    mllm_name: str = ""
+    lap_width: int = 1024
+    lap_heads: int = 16
+    lap_blocks: int = 2
+    lap_mlp_hidden: int = 4096
+    lap_pool: str = "flatten"
+    lap_input_norm: bool = True
+    layer_indices: Optional[list[int]] = None
+    target: str = "flux"
+    context_width: int = 4096
+    pooled_width: int = 768
+    fuse: str = "concat_text_first"
+    null_length: int = 16
+    init: str = "random"
+    identity_layer: int = -1
+    version: int = DLA_CONFIG_VERSION
+    extra: dict = field(default_factory=dict)  # free-form: training recipe, notes
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`DLAInputError` on an inconsistent config."""
+        if self.version != DLA_CONFIG_VERSION:
+            raise DLACheckpointError(
+                f"DLA config version {self.version} is not supported by this pack (it reads version {DLA_CONFIG_VERSION}). "
+                "Update the pack, or re-create the checkpoint with `python -m dla_core init-dla`."
+            )
+        positive = ("num_layers", "mllm_width", "lap_width", "lap_heads", "lap_mlp_hidden", "context_width", "null_length")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise DLAInputError(f"DLA config '{name}' must be a positive integer, got {value!r}.")
+        if not isinstance(self.lap_blocks, int) or self.lap_blocks < 0:
+            raise DLAInputError(f"DLA config 'lap_blocks' must be 0 or more, got {self.lap_blocks!r}.")
+        if not isinstance(self.pooled_width, int) or self.pooled_width < 0:
+            raise DLAInputError(f"DLA config 'pooled_width' must be 0 (none) or positive, got {self.pooled_width!r}.")
+        if self.lap_width % self.lap_heads:
+            raise DLAInputError(f"lap_width {self.lap_width} is not divisible by lap_heads {self.lap_heads}; choose heads that divide it.")
+        for name, value, allowed in (("fuse", self.fuse, FUSE_MODES), ("init", self.init, INIT_MODES), ("lap_pool", self.lap_pool, POOL_MODES)):
+            if value not in allowed:
+                raise DLAInputError(f"DLA config '{name}' is '{value}'; choose one of {', '.join(allowed)}.")
+        target_spec(self.target)
+        if self.layer_indices is not None:
+            indices = list(self.layer_indices)
+            if not indices or any(not isinstance(i, int) or not 0 <= i < self.num_layers for i in indices) or len(set(indices)) != len(indices):
+                raise DLAInputError(
+                    f"DLA layer_indices {self.layer_indices} must be distinct layer numbers in 0..{self.num_layers - 1}."
+                )
+            self.layer_indices = indices
+        if not -self.lap_layers <= self.identity_layer < self.lap_layers:
+            raise DLAInputError(
+                f"identity_layer {self.identity_layer} is out of range: the DLA reads {self.lap_layers} layers "
+                f"(use 0..{self.lap_layers - 1}, or -1 for the last)."
+            )
+        if self.init == "identity" and (self.lap_width != self.mllm_width or self.lap_input_norm):
+            raise DLAInputError(
+                f"Identity initialisation passes layer states through unchanged, so it needs lap_width equal to the MLLM width "
+                f"({self.mllm_width}, got {self.lap_width}) and lap_input_norm off."
+            )
+
+    @property
+    def used_layers(self) -> list[int]:
+        """MLLM layer numbers the LAPs read, in order."""
+        return list(self.layer_indices) if self.layer_indices is not None else list(range(self.num_layers))
+
+    @property
+    def lap_layers(self) -> int:
+        return len(self.layer_indices) if self.layer_indices is not None else self.num_layers
+
+    def describe_mllm(self) -> str:
+        return f"{self.num_layers} layers of width {self.mllm_width} ({self.mllm_family})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (round-trips through :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DLAConfig":
+        """Rebuild from :meth:`to_dict` output; unknown keys raise :class:`DLACheckpointError`."""
+        if not isinstance(data, dict):
+            raise DLACheckpointError(f"DLA config must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DLACheckpointError(
+                f"DLA config has unknown fields {unknown}: it was written by a newer version of the pack. Update the pack."
+            )
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        if missing:
+            raise DLACheckpointError(f"DLA config lacks required fields {missing}.")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DLACheckpointError(f"DLA config is malformed: {exc}.") from exc
+
+
+@dataclass
+class DLAConditioning:
+    """DLA output in the DiT's text-encoder format.
+
+    ``tokens``: [batch, tokens, context_width], zero where ``token_mask`` is False.
+    ``token_mask``: [batch, tokens] bool, valid positions (each sample's valid tokens come first).
+    ``pooled``: [batch, pooled_width], or None for targets without a pooled vector.
+    """
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    pooled: Optional[torch.Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+
+def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
+    return (
+        f"DLA checkpoint expects {config.describe_mllm()}; the connected MLLM gives {num_layers} of width {width} "
+        f"({family}): load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
+    )
+
+
+class DualLayerAggregation(nn.Module):
+    """Two LAPs (text / image positions) + shared projection + pooled projection + learned null."""
+
+    def __init__(self, config: DLAConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        lap_kwargs = dict(
+            num_layers=config.lap_layers,
+            input_width=config.mllm_width,
+            lap_width=config.lap_width,
+            out_width=config.lap_width,
+            heads=config.lap_heads,
+            blocks=config.lap_blocks,
+            mlp_hidden=config.lap_mlp_hidden,
+            pool=config.lap_pool,
+            input_norm=config.lap_input_norm,
+        )
+        self.lap_text = LayerwiseAttentionPooling(**lap_kwargs)
+        self.lap_image = LayerwiseAttentionPooling(**lap_kwargs)
+        self.output_proj = nn.Linear(config.lap_width, config.context_width)
+        if config.pooled_width:
+            self.pooled_norm = nn.LayerNorm(config.context_width)
+            self.pooled_proj = nn.Linear(config.context_width, config.pooled_width)
+            self.null_pooled = nn.Parameter(torch.zeros(config.pooled_width))  # [pooled_width]
+        else:
+            self.pooled_norm = self.pooled_proj = None
+            self.register_parameter("null_pooled", None)
+        self.null_tokens = nn.Parameter(torch.zeros(config.null_length, config.context_width))  # [null_length, context_width]
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise per ``config.init`` (call under ``torch.manual_seed`` for determinism)."""
+        for lap in (self.lap_text, self.lap_image):
+            lap.reset_parameters()
+        nn.init.normal_(self.output_proj.weight, std=0.02)
+        nn.init.zeros_(self.output_proj.bias)
+        if self.pooled_proj is not None:
+            nn.init.normal_(self.pooled_proj.weight, std=0.02)
+            nn.init.zeros_(self.pooled_proj.bias)
+            nn.init.zeros_(self.null_pooled)
+        nn.init.zeros_(self.null_tokens)
+        if self.config.init == "identity":
+            self._init_identity()
+
+    @torch.no_grad()
+    def _init_identity(self) -> None:
+        # Both LAPs return the selected layer; the output projection copies it into the first
+        # min(mllm_width, context_width) output dims and writes 0 elsewhere. With FLUX (4096)
+        # and a 3584-wide MLLM the last 512 dims are 0; a wider MLLM would be truncated.
+        for lap in (self.lap_text, self.lap_image):
+            lap.init_identity(self.config.identity_layer)
+        self.output_proj.weight.zero_()
+        self.output_proj.bias.zero_()
+        shared = min(self.config.lap_width, self.config.context_width)
+        self.output_proj.weight[:shared, :shared] = torch.eye(shared, dtype=self.output_proj.weight.dtype)
+
+    # ------------------------------------------------------------------ compatibility
+    def check_compatible(self, features_or_spec: MLLMFeatures | MLLMSpec) -> None:
+        """Raise :class:`DLACheckpointError` unless the MLLM matches the one this DLA was built for.
+
+        Compares family, layer count and width; for features also checks that every layer
+        the DLA reads is present (features may hold a subset of layers).
+        """
+        config = self.config
+        if isinstance(features_or_spec, MLLMSpec):
+            family, num_layers, width = features_or_spec.family, features_or_spec.num_layers, features_or_spec.width
+        elif isinstance(features_or_spec, MLLMFeatures):
+            family, num_layers, width = features_or_spec.family, features_or_spec.num_layers, features_or_spec.width
+        else:
+            raise DLAInputError(f"check_compatible takes MLLMFeatures or an MLLMSpec, got {type(features_or_spec).__name__}.")
+        if (family, num_layers, width) != (config.mllm_family, config.num_layers, config.mllm_width):
+            raise DLACheckpointError(_mismatch_message(config, family, num_layers, width))
+        if isinstance(features_or_spec, MLLMFeatures):
+            self._feature_layer_positions(features_or_spec)
+
+    def _feature_layer_positions(self, features: MLLMFeatures) -> list[int]:
+        # Where each layer the DLA reads sits in features.hidden_states' layer axis.
+        held = [i % features.num_layers for i in features.layer_indices]
+        if len(held) != features.hidden_states.shape[1]:
+            raise DLAInputError(
+                f"MLLM features list {len(held)} layer indices but hold {features.hidden_states.shape[1]} layers; "
+                "the encoder output is inconsistent."
+            )
+        position = {layer: pos for pos, layer in enumerate(held)}
+        missing = [layer for layer in self.config.used_layers if layer not in position]
+        if missing:
+            raise DLAInputError(
+                f"The DLA reads MLLM layers {self.config.used_layers} but the features hold only layers {held} "
+                f"(missing {missing}). Encode again keeping all layers (or at least these)."
+            )
+        return [position[layer] for layer in self.config.used_layers]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, features: MLLMFeatures) -> DLAConditioning:
+        """Aggregate all layers of ``features`` into conditioning tokens + pooled vector."""
+        self.check_compatible(features)
+        positions = self._feature_layer_positions(features)
+        hidden = features.hidden_states  # [batch, layers, tokens, width]
+        if positions != list(range(hidden.shape[1])):
+            hidden = hidden[:, positions]
+        param = self.output_proj.weight
+        hidden = hidden.to(device=param.device, dtype=param.dtype)
+        batch, _, tokens, _ = hidden.shape
+        valid = features.attention_mask.to(device=param.device, dtype=torch.bool)
+        text_mask = features.text_mask.to(device=param.device, dtype=torch.bool) & valid  # [batch, tokens]
+        image_mask = features.image_mask.to(device=param.device, dtype=torch.bool) & valid
+        if (text_mask & image_mask).any():
+            raise DLAInputError("MLLM features mark some tokens as both text and image; the encoder output is inconsistent.")
+        counts = text_mask.sum(1) + image_mask.sum(1)  # [batch]
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise DLAInputError(
+                f"Sample(s) {empty} of the MLLM features hold no text and no image tokens; give each a prompt or a reference image."
+            )
+        per_token = hidden.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
+        first_mask, second_mask = (text_mask, image_mask) if self.config.fuse == "concat_text_first" else (image_mask, text_mask)
+        first_lap, second_lap = (self.lap_text, self.lap_image) if self.config.fuse == "concat_text_first" else (self.lap_image, self.lap_text)
+
+        out_len = int(counts.max())
+        out = hidden.new_zeros(batch, out_len, self.config.context_width)  # [batch, out_len, context_width]
+        first_count = first_mask.sum(1, keepdim=True)  # [batch, 1]
+        # Destination slot of each gathered token: its rank among its own kind, after the first kind.
+        first_dest = first_mask.cumsum(1) - 1
+        second_dest = second_mask.cumsum(1) - 1 + first_count
+        for mask, dest, lap in ((first_mask, first_dest, first_lap), (second_mask, second_dest, second_lap)):
+            if not mask.any():
+                continue
+            items = per_token[mask]  # [items, layers, width]
+            values = self.output_proj(lap(items))  # [items, context_width]
+            rows = mask.nonzero()[:, 0]
+            out[rows, dest[mask]] = values.to(out.dtype)
+        token_mask = torch.arange(out_len, device=out.device)[None, :] < counts[:, None]  # [batch, out_len]
+        return DLAConditioning(tokens=out, token_mask=token_mask, pooled=self._pool(out, token_mask))
+
+    def _pool(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        if self.pooled_proj is None:
+            return None
+        weights = token_mask.to(tokens.dtype)[..., None]  # [batch, tokens, 1]
+        mean = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # [batch, context_width]
+        return self.pooled_proj(self.pooled_norm(mean))
+
+    def null_conditioning(self, batch_size: int = 1) -> DLAConditioning:
+        """The learned "MLLM off" conditioning (sampler stage 3, training's condition dropout)."""
+        if batch_size < 1:
+            raise DLAInputError(f"batch_size must be at least 1, got {batch_size}.")
+        tokens = self.null_tokens[None].expand(batch_size, -1, -1)  # [batch, null_length, context_width]
+        mask = torch.ones(batch_size, self.config.null_length, dtype=torch.bool, device=tokens.device)
+        pooled = None if self.null_pooled is None else self.null_pooled[None].expand(batch_size, -1)
+        return DLAConditioning(tokens=tokens, token_mask=mask, pooled=pooled)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

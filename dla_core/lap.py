@@ -1,0 +1,184 @@
+"""Layerwise Attention Pooling (LAP), from UniFusion (arXiv 2510.12789) as used by the paper.
+
+For every token separately, its hidden states over the MLLM's layers form a short sequence
+(length = layers). Two small pre-norm transformer blocks attend across that layer axis,
+never across tokens, and a fully connected map turns the result into one vector per token.
+Tokens are folded into the batch axis, so no operation can mix two tokens: permuting tokens
+permutes outputs exactly and a padded token cannot influence any other.
+
+Design choices the paper leaves open (documented, configurable):
+
+* ``input_width -> lap_width`` input projection (absent when equal). The paper-scale default
+  ``lap_width=1024`` keeps the blocks small next to InternVL3-8B's 3584-wide states.
+* ``input_norm``: a LayerNorm (shared over layers, no affine) on each layer's state before
+  the projection. Middle LLM layers carry a few huge activations; normalising them keeps a
+  randomly initialised LAP well conditioned. Off for the identity initialisation, which must
+  pass the selected layer through unchanged.
+* A learned layer position embedding (the blocks are otherwise permutation-invariant
+  over layers and could not tell layer 3 from layer 27).
+* ``pool="flatten"`` (default): the literal fully connected layer over the flattened
+  ``layers * lap_width`` result -> ``out_width``. Every layer gets its own linear map.
+  Parameters: ``layers * lap_width * out_width`` (29 * 1024 * 1024 = 30 M at paper scale;
+  29 * 3584 * 3584 = 372 M if ``lap_width`` is raised to the MLLM's width).
+* ``pool="weighted"``: the same fully connected map with a factorised weight, learned per-layer
+  scalars times one shared ``lap_width -> out_width`` linear: ``layers + lap_width * out_width``
+  parameters. Use it when ``lap_width`` must be large (identity initialisation at 8B widths).
+
+Both pools can express "take layer k unchanged" exactly, which the identity initialisation
+uses (:meth:`LayerwiseAttentionPooling.init_identity`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DLAInputError
+
+POOL_MODES = ("flatten", "weighted")
+
+
+class LayerAttentionBlock(nn.Module):
+    """Pre-norm transformer block whose sequence axis is the MLLM's layer axis."""
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int):
+        super().__init__()
+        if width % heads != 0:
+            raise DLAInputError(f"LAP width {width} is not divisible by {heads} attention heads; choose heads that divide it.")
+        self.heads = heads
+        self.attn_norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.attn_out = nn.Linear(width, width)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp_in = nn.Linear(width, mlp_hidden)
+        self.mlp_out = nn.Linear(mlp_hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [items, layers, width]; items are (sample, token) pairs, never attended across.
+        items, layers, width = x.shape
+        qkv = self.qkv(self.attn_norm(x))  # [items, layers, 3 * width]
+        qkv = qkv.view(items, layers, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [items, heads, layers, head_dim]
+        attended = attended.transpose(1, 2).reshape(items, layers, width)
+        x = x + self.attn_out(attended)
+        return x + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x))))
+
+    def zero_residual_branches(self) -> None:
+        """Make the block the identity map: both residual branches output exactly 0."""
+        for linear in (self.attn_out, self.mlp_out):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+
+class LayerwiseAttentionPooling(nn.Module):
+    """Per-token attention over the layer axis, pooled to one vector per token.
+
+    Input ``[batch, layers, tokens, input_width]`` -> output ``[batch, tokens, out_width]``,
+    or ``[items, layers, input_width]`` -> ``[items, out_width]`` (tokens already gathered).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        input_width: int,
+        lap_width: int,
+        out_width: int,
+        heads: int = 16,
+        blocks: int = 2,
+        mlp_hidden: int = 4096,
+        pool: str = "flatten",
+        input_norm: bool = True,
+    ):
+        super().__init__()
+        if pool not in POOL_MODES:
+            raise DLAInputError(f"Unknown LAP pool '{pool}'; choose one of {', '.join(POOL_MODES)}.")
+        if num_layers < 1:
+            raise DLAInputError(f"LAP needs at least one layer, got {num_layers}.")
+        self.num_layers = num_layers
+        self.input_width = input_width
+        self.lap_width = lap_width
+        self.out_width = out_width
+        self.pool = pool
+        self.input_norm = nn.LayerNorm(input_width, elementwise_affine=False) if input_norm else None
+        self.input_proj = nn.Linear(input_width, lap_width) if input_width != lap_width else None
+        self.layer_embedding = nn.Parameter(torch.zeros(num_layers, lap_width))  # [layers, lap_width]
+        self.blocks = nn.ModuleList(LayerAttentionBlock(lap_width, heads, mlp_hidden) for _ in range(blocks))
+        if pool == "flatten":
+            self.pool_fc = nn.Linear(num_layers * lap_width, out_width)
+            self.layer_weights = None
+        else:
+            self.pool_fc = nn.Linear(lap_width, out_width)
+            self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))  # [layers]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random initialisation (transformer-style small normal weights, zero biases)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.layer_embedding, std=0.02)
+        if self.layer_weights is not None:
+            nn.init.constant_(self.layer_weights, 1.0 / self.num_layers)
+
+    @torch.no_grad()
+    def init_identity(self, layer: int) -> None:
+        """Make the LAP return the input's layer ``layer`` (index into its layer axis) exactly.
+
+        Needs ``input_width == lap_width == out_width`` and no input norm. Blocks keep their
+        random attention/MLP input weights but zeroed residual branches, so training starts
+        from "that layer" and gradients still reach every weight.
+        """
+        if not (self.input_width == self.lap_width == self.out_width) or self.input_norm is not None:
+            raise DLAInputError(
+                "Identity initialisation needs lap_width equal to the MLLM width and input_norm off "
+                f"(got input {self.input_width}, lap {self.lap_width}, out {self.out_width}, "
+                f"input_norm {'on' if self.input_norm is not None else 'off'})."
+            )
+        if not -self.num_layers <= layer < self.num_layers:
+            raise DLAInputError(f"Identity layer {layer} is out of range for {self.num_layers} layers.")
+        layer = layer % self.num_layers
+        self.layer_embedding.zero_()
+        for block in self.blocks:
+            block.zero_residual_branches()
+        eye = torch.eye(self.lap_width, dtype=self.pool_fc.weight.dtype, device=self.pool_fc.weight.device)
+        self.pool_fc.weight.zero_()
+        self.pool_fc.bias.zero_()
+        if self.pool == "flatten":
+            # pool_fc sees [layer 0 | layer 1 | ...]; route only the chosen layer's slot.
+            self.pool_fc.weight[:, layer * self.lap_width:(layer + 1) * self.lap_width] = eye
+        else:
+            self.layer_weights.zero_()
+            self.layer_weights[layer] = 1.0
+            self.pool_fc.weight.copy_(eye)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.dim() == 4:
+            batch, layers, tokens, width = hidden_states.shape
+            items = hidden_states.permute(0, 2, 1, 3).reshape(batch * tokens, layers, width)
+            return self._forward_items(items).view(batch, tokens, self.out_width)
+        if hidden_states.dim() == 3:
+            return self._forward_items(hidden_states)
+        raise DLAInputError(
+            f"LAP expects hidden states [batch, layers, tokens, width] or [items, layers, width], got shape {tuple(hidden_states.shape)}."
+        )
+
+    def _forward_items(self, items: torch.Tensor) -> torch.Tensor:
+        # items: [items, layers, input_width]
+        if items.shape[1] != self.num_layers or items.shape[2] != self.input_width:
+            raise DLAInputError(
+                f"LAP was built for {self.num_layers} layers of width {self.input_width}, "
+                f"got {items.shape[1]} layers of width {items.shape[2]}."
+            )
+        x = items
+        if self.input_norm is not None:
+            x = self.input_norm(x)
+        if self.input_proj is not None:
+            x = self.input_proj(x)  # [items, layers, lap_width]
+        x = x + self.layer_embedding
+        for block in self.blocks:
+            x = block(x)
+        if self.pool == "flatten":
+            return self.pool_fc(x.reshape(x.shape[0], -1))  # [items, out_width]
+        pooled = torch.einsum("nlw,l->nw", x, self.layer_weights.to(x.dtype))  # [items, lap_width]
+        return self.pool_fc(pooled)

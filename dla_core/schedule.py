@@ -1,0 +1,173 @@
+"""The multi-stage denoising schedule (PAPER.md, "Inference: multi-stage denoising").
+
+With normalised model time ``t`` in [0, 1] (1 = pure noise; for flow models such as FLUX
+``t`` is exactly the sigma the model receives):
+
+====== ===================== ============== ============
+stage  when                  MLLM condition VAE identity
+====== ===================== ============== ============
+1      ``t >= tau1``         on             off
+2      ``tau2 <= t < tau1``  on             on
+3      ``t < tau2``          off            on
+====== ===================== ============== ============
+
+Everything here is a pure function of sigmas and taus, so the sampler can decide the stage
+per model call (second-order samplers included) and the UI can print a summary before
+sampling starts.
+
+ComfyUI sigma lists have ``steps + 1`` entries and end with a trailing 0: step ``i``
+(0-based) denoises from ``sigmas[i]`` to ``sigmas[i + 1]`` and the model is called at
+``sigmas[i]``. Functions that take a sigma list therefore ignore the last entry unless
+``include_last=True``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .errors import DLAInputError
+
+STAGE_MLLM_ONLY = 1
+STAGE_MLLM_AND_IDENTITY = 2
+STAGE_IDENTITY_ONLY = 3
+
+STAGE_LABELS = {
+    STAGE_MLLM_ONLY: "MLLM only",
+    STAGE_MLLM_AND_IDENTITY: "MLLM + identity",
+    STAGE_IDENTITY_ONLY: "identity only",
+}
+
+# PAPER.md defaults.
+DEFAULT_TAU1 = 0.95
+DEFAULT_TAU2 = 0.85
+
+# FLUX's resolution-dependent shift (diffusers' FlowMatchEulerDiscreteScheduler config for
+# FLUX.1-dev and ComfyUI's ModelSamplingFlux node): mu is linear in the image sequence
+# length, from BASE_SHIFT at 256 tokens to MAX_SHIFT at 4096 tokens.
+FLUX_BASE_SHIFT = 0.5
+FLUX_MAX_SHIFT = 1.15
+FLUX_BASE_SEQ_LEN = 256
+FLUX_MAX_SEQ_LEN = 4096
+FLUX_PIXELS_PER_TOKEN = 16  # VAE downsamples 8x, the DiT patchifies 2x2
+
+
+def validate_taus(tau1: float, tau2: float) -> None:
+    """Raise :class:`DLAInputError` unless ``0 <= tau2 <= tau1 <= 1``."""
+    for name, value in (("tau1", tau1), ("tau2", tau2)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+            raise DLAInputError(f"{name} must be a number between 0 and 1, got {value!r}.")
+    if not (0.0 <= tau2 <= tau1 <= 1.0):
+        raise DLAInputError(
+            f"tau1={tau1} and tau2={tau2} break the rule 0 <= tau2 <= tau1 <= 1: the MLLM-only stage "
+            "(t >= tau1) must come before the identity-only stage (t < tau2). "
+            f"Set tau2 no larger than tau1 (paper default: tau1={DEFAULT_TAU1}, tau2={DEFAULT_TAU2})."
+        )
+
+
+def stage_for_sigma(t: float, tau1: float, tau2: float) -> int:
+    """Stage (1, 2 or 3) for one model call at normalised time ``t``; boundaries as in PAPER.md.
+
+    ``t == tau1`` is stage 1, ``t == tau2`` is stage 2 (when ``tau2 < tau1``); with
+    ``tau1 == tau2`` there is no stage 2.
+    """
+    validate_taus(tau1, tau2)
+    t = float(t)
+    if math.isnan(t):
+        raise DLAInputError("The sampler passed a NaN sigma; check the scheduler and the model's sampling settings.")
+    if t >= tau1:
+        return STAGE_MLLM_ONLY
+    if t >= tau2:
+        return STAGE_MLLM_AND_IDENTITY
+    return STAGE_IDENTITY_ONLY
+
+
+def _as_float_list(sigmas) -> list[float]:
+    if isinstance(sigmas, torch.Tensor):
+        return [float(s) for s in sigmas.detach().flatten().cpu().tolist()]
+    return [float(s) for s in sigmas]
+
+
+def _step_sigmas(sigmas, include_last: bool) -> list[float]:
+    values = _as_float_list(sigmas)
+    return values if include_last else values[:-1]
+
+
+def stages_for_sigmas(sigmas: Sequence[float] | torch.Tensor, tau1: float, tau2: float, include_last: bool = False) -> list[int]:
+    """Stage of every sampling step of a sigma list (list or 1-D tensor).
+
+    By default the trailing entry (ComfyUI's final 0, the end point of the last step, at
+    which the model is never called) is dropped, so the result has ``len(sigmas) - 1``
+    entries, one per step. ``include_last=True`` classifies every entry.
+    """
+    validate_taus(tau1, tau2)
+    values = torch.tensor(_step_sigmas(sigmas, include_last), dtype=torch.float64)
+    if torch.isnan(values).any():
+        raise DLAInputError("The sigma list holds NaN; check the scheduler and the model's sampling settings.")
+    stages = torch.full_like(values, STAGE_IDENTITY_ONLY, dtype=torch.int64)
+    stages[values >= tau2] = STAGE_MLLM_AND_IDENTITY
+    stages[values >= tau1] = STAGE_MLLM_ONLY
+    return stages.tolist()
+
+
+def stage_step_counts(sigmas, tau1: float, tau2: float, include_last: bool = False) -> tuple[int, int, int]:
+    """Number of steps in stages 1, 2 and 3."""
+    stages = stages_for_sigmas(sigmas, tau1, tau2, include_last=include_last)
+    return tuple(stages.count(stage) for stage in (1, 2, 3))  # type: ignore[return-value]
+
+
+def describe_schedule(sigmas, tau1: float, tau2: float, include_last: bool = False) -> str:
+    """Human-readable summary, e.g. ``"steps 1-4: MLLM only; 5-11: MLLM + identity; 12-28: identity only"``.
+
+    Steps are 1-based; empty stages are left out. Non-monotone sigma lists (unusual custom
+    schedules) give one entry per run of equal stages.
+    """
+    stages = stages_for_sigmas(sigmas, tau1, tau2, include_last=include_last)
+    if not stages:
+        return "no steps"
+    runs: list[tuple[int, int, int]] = []  # (first step, last step, stage), 1-based
+    for index, stage in enumerate(stages, start=1):
+        if runs and runs[-1][2] == stage:
+            runs[-1] = (runs[-1][0], index, stage)
+        else:
+            runs.append((index, index, stage))
+    parts = []
+    for position, (first, last, stage) in enumerate(runs):
+        span = str(first) if first == last else f"{first}-{last}"
+        if position == 0:
+            span = ("step " if first == last else "steps ") + span
+        parts.append(f"{span}: {STAGE_LABELS[stage]}")
+    return "; ".join(parts)
+
+
+def flux_shift_mu(width: int, height: int, base_shift: float = FLUX_BASE_SHIFT, max_shift: float = FLUX_MAX_SHIFT) -> float:
+    """FLUX's time shift ``mu`` for an image of ``width`` x ``height`` pixels.
+
+    Same formula as diffusers' ``calculate_shift`` and ComfyUI's ModelSamplingFlux node:
+    linear in the number of image tokens ``(width / 16) * (height / 16)``.
+    """
+    seq_len = (width / FLUX_PIXELS_PER_TOKEN) * (height / FLUX_PIXELS_PER_TOKEN)
+    slope = (max_shift - base_shift) / (FLUX_MAX_SEQ_LEN - FLUX_BASE_SEQ_LEN)
+    return base_shift + slope * (seq_len - FLUX_BASE_SEQ_LEN)
+
+
+def flux_time_shift(mu: float, t: float) -> float:
+    """Shifted sigma ``e^mu / (e^mu + (1/t - 1))`` for unshifted time ``t`` in (0, 1]."""
+    if t <= 0.0:
+        return 0.0
+    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
+
+
+def flux_shifted_sigmas(width: int, height: int, steps: int, base_shift: float = FLUX_BASE_SHIFT, max_shift: float = FLUX_MAX_SHIFT) -> list[float]:
+    """FLUX.1-dev's sigma list for ``steps`` steps at ``width`` x ``height``, trailing 0 included.
+
+    Unshifted times are ``linspace(1, 1/steps, steps)`` (diffusers' FluxPipeline; ComfyUI's
+    "simple" scheduler over ModelSamplingFlux samples the same times up to its 1e-4 table
+    resolution), each shifted with :func:`flux_time_shift`. Returns ``steps + 1`` values.
+    """
+    if steps < 1:
+        raise DLAInputError(f"steps must be at least 1, got {steps}.")
+    mu = flux_shift_mu(width, height, base_shift, max_shift)
+    times = [1.0 - i / steps for i in range(steps)]
+    return [flux_time_shift(mu, t) for t in times] + [0.0]
