@@ -1,0 +1,14 @@
+"""ComfyUI entry point of the DLA subject pack: registers the nodes, nothing else.
+
+The import of the node modules is deferred to :func:`comfy_entrypoint` so that importing
+this file outside ComfyUI (packaging tools, test discovery) needs no ComfyUI.
+"""
+
+
+def comfy_entrypoint():
+    """Called by ComfyUI's custom-node loader; returns the pack's one ``ComfyExtension``."""
+    from .nodes import DLASubjectExtension
+    from .nodes.model_folders import register_model_folders
+
+    register_model_folders()
+    return DLASubjectExtension()

@@ -1,0 +1,34 @@
+"""The pack's ComfyUI nodes (V3 schema), one module per concern; registered by the root ``__init__``."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+from typing_extensions import override
+
+from .dla_nodes import DLAAggregate, DLALoader
+from .identity_nodes import DLAVAEIdentityEncode
+from .mllm_nodes import DLAMLLMJointEncode, DLAMLLMLoader
+from .model_folders import register_model_folders
+from .sampler_nodes import DLAStageConditioning, DLAStagedGuider, DLAStagedKSampler
+
+NODES: list[type[io.ComfyNode]] = [
+    DLAMLLMLoader,
+    DLAMLLMJointEncode,
+    DLALoader,
+    DLAAggregate,
+    DLAVAEIdentityEncode,
+    DLAStagedKSampler,
+    DLAStagedGuider,
+    DLAStageConditioning,
+]
+
+
+class DLASubjectExtension(ComfyExtension):
+    """Registers the model folders, then lists the nodes."""
+
+    @override
+    async def on_load(self) -> None:
+        register_model_folders()
+
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,152 @@
+"""The staged guider: one sampler pass whose conditioning follows the stage of each model call.
+
+Stage of a call (PAPER.md): from the normalised time ``t`` of its sigma (``t = sigma`` for
+FLUX), via ``dla_core.schedule``. The three stages' positive/negative conditionings are
+ordinary ComfyUI conditionings, all prepared by ComfyUI's own cond processing, and each
+call goes through the same ``sampling_function`` as ComfyUI's ``CFGGuider``. So when every
+call falls in one stage, sampling is bit-identical to the native sampler given that stage's
+conditioning; nothing in the model is patched, only conditioning keys differ per stage.
+"""
+from __future__ import annotations
+
+import logging
+
+import comfy.samplers
+import node_helpers
+
+from ..dla_core.errors import DLAInputError
+from ..dla_core.schedule import STAGE_LABELS, describe_schedule, stage_for_sigma, validate_taus
+from ..dla_core.staging import ALL_STAGES, stages_in_range
+from .types import MLLM_OFF_KEY, ReferenceIdentity
+
+# Cond keys per stage; stage 1 uses ComfyUI's own names, which some extensions look for.
+STAGE_COND_KEYS = {
+    1: ("positive", "negative"),
+    2: ("positive_stage2", "negative_stage2"),
+    3: ("positive_stage3", "negative_stage3"),
+}
+
+
+def mllm_off(conditioning: list) -> list | None:
+    """``conditioning`` with the MLLM switched off: the DLA's null tokens + null pooled vector.
+
+    Every other key of each entry (guidance, area, mask, strength, hooks, reference latents
+    already attached) is kept. Returns None when an entry carries no "MLLM off" conditioning
+    (it did not come from Dual Layer Aggregation).
+    """
+    out = []
+    for tokens, values in conditioning:
+        off = values.get(MLLM_OFF_KEY)
+        if off is None:
+            return None
+        off_tokens, off_values = off[0]
+        new_values = {key: value for key, value in values.items() if key != MLLM_OFF_KEY}
+        new_values["pooled_output"] = off_values.get("pooled_output")
+        out.append([off_tokens, new_values])
+    return out
+
+
+def with_identity(conditioning: list, identity: ReferenceIdentity | None) -> list:
+    """``conditioning`` plus the identity's reference latents (appended) and placement method."""
+    if identity is None:
+        return conditioning
+    values = identity.conditioning_values()
+    out = node_helpers.conditioning_set_values(conditioning, {"reference_latents": values["reference_latents"]}, append=True)
+    return node_helpers.conditioning_set_values(out, {"reference_latents_method": values["reference_latents_method"]})
+
+
+def stage_conditionings(positive: list, negative: list | None, identity: ReferenceIdentity | None, stage3_positive: list | None = None) -> dict[int, tuple[list | None, list | None]]:
+    """(positive, negative) conditioning of each stage; None where it cannot be formed.
+
+    Stage 1: MLLM, no identity. Stage 2: MLLM + identity. Stage 3: "MLLM off" (or the
+    override) + identity. The negative mirrors the identity state of its stage; without a
+    negative the DLA's "MLLM off" conditioning is the unconditional.
+    """
+    off = mllm_off(positive)
+    stage3 = stage3_positive if stage3_positive is not None else off
+    base_negative = negative if negative is not None else off
+    positives = {1: positive, 2: with_identity(positive, identity), 3: None if stage3 is None else with_identity(stage3, identity)}
+    negatives = {1: base_negative}
+    for stage in (2, 3):
+        negatives[stage] = None if base_negative is None else with_identity(base_negative, identity)
+    return {stage: (positives[stage], negatives[stage]) for stage in ALL_STAGES}
+
+
+def normalised_time(model_sampling, sigma) -> float:
+    """Model time in [0, 1] of a sigma: ``timestep(sigma) / timestep(sigma_max)`` (= sigma for FLUX)."""
+    t_max = float(model_sampling.timestep(model_sampling.sigma_max))
+    return float(model_sampling.timestep(sigma)) / t_max
+
+
+class StagedCFGGuider(comfy.samplers.CFGGuider):
+    """CFG guider whose positive/negative follow the DLA stage of each model call's sigma."""
+
+    def __init__(self, model_patcher, tau1: float, tau2: float):
+        validate_taus(tau1, tau2)
+        super().__init__(model_patcher)
+        self.tau1 = float(tau1)
+        self.tau2 = float(tau2)
+        self.stage_log: list[tuple[float, int]] = []  # (t, stage) of every model call of the last run
+        self._available: dict[int, tuple[bool, bool]] = {}
+
+    def set_conds(self, positive, negative=None, identity: ReferenceIdentity | None = None, stage3_positive=None):
+        if identity is None:
+            logging.warning("DLA Staged sampler: no IDENTITY connected; stages 2 and 3 get no reference latents.")
+        conds = {}
+        for stage, (stage_positive, stage_negative) in stage_conditionings(positive, negative, identity, stage3_positive).items():
+            positive_key, negative_key = STAGE_COND_KEYS[stage]
+            self._available[stage] = (stage_positive is not None, stage_negative is not None)
+            if stage_positive is not None:
+                conds[positive_key] = node_helpers.conditioning_set_values(stage_positive, {"prompt_type": "positive"})
+            if stage_negative is not None:
+                conds[negative_key] = node_helpers.conditioning_set_values(stage_negative, {"prompt_type": "negative"})
+        self.original_conds = {}
+        self.inner_set_conds(conds)
+
+    def _time(self, sigma) -> float:
+        return normalised_time(self.model_patcher.get_model_object("model_sampling"), sigma)
+
+    def _check_stages(self, stages: tuple[int, ...]) -> None:
+        for stage in stages:
+            has_positive, has_negative = self._available.get(stage, (False, False))
+            if not has_positive:
+                raise DLAInputError(
+                    "The schedule reaches stage 3 (identity only) but the positive conditioning carries no 'MLLM off' "
+                    "conditioning: connect the output of Dual Layer Aggregation as positive, or connect a "
+                    "'stage3_conditioning', or set tau2 to 0 to skip stage 3."
+                )
+            if not has_negative and abs(self.cfg - 1.0) > 1e-9:
+                raise DLAInputError(
+                    f"cfg is {self.cfg} but there is no negative for stage {stage}: connect a negative conditioning "
+                    "(e.g. ConditioningZeroOut of the positive) or set cfg to 1 (FLUX.1-dev uses 1)."
+                )
+
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
+        if sigmas.shape[-1] == 0:
+            return latent_image
+        times = [self._time(sigma) for sigma in sigmas.flatten()]
+        stages = stages_in_range(max(times), min(times), self.tau1, self.tau2)
+        self._check_stages(stages)
+        logging.info(
+            "DLA staged sampling (tau1=%s, tau2=%s): %s", self.tau1, self.tau2, describe_schedule(times, self.tau1, self.tau2)
+        )
+        keys = {key for stage in stages for key in STAGE_COND_KEYS[stage]}
+        all_conds = self.original_conds
+        self.original_conds = {key: value for key, value in all_conds.items() if key in keys}
+        self.stage_log = []
+        try:
+            return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+        finally:
+            self.original_conds = all_conds
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        t = self._time(timestep.flatten()[0])
+        stage = stage_for_sigma(t, self.tau1, self.tau2)
+        self.stage_log.append((t, stage))
+        positive_key, negative_key = STAGE_COND_KEYS[stage]
+        positive = self.conds.get(positive_key)
+        if positive is None:  # a sampler probed a time outside the sigma range it was given
+            raise DLAInputError(f"The sampler evaluated t={t:.4f} ({STAGE_LABELS[stage]}), outside its own sigma range.")
+        return comfy.samplers.sampling_function(
+            self.inner_model, x, timestep, self.conds.get(negative_key), positive, self.cfg, model_options=model_options, seed=seed
+        )
