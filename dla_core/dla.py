@@ -191,6 +191,14 @@ class DLAConditioning:
     def batch_size(self) -> int:
         return self.tokens.shape[0]
 
+    def to(self, device=None, dtype=None) -> "DLAConditioning":
+        """Copy with tokens/pooled moved and cast; the mask only moves."""
+        return DLAConditioning(
+            tokens=self.tokens.to(device=device, dtype=dtype),
+            token_mask=self.token_mask.to(device=device),
+            pooled=None if self.pooled is None else self.pooled.to(device=device, dtype=dtype),
+        )
+
 
 def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
     return (
@@ -350,6 +358,31 @@ class DualLayerAggregation(nn.Module):
         mask = torch.ones(batch_size, self.config.null_length, dtype=torch.bool, device=tokens.device)
         pooled = None if self.null_pooled is None else self.null_pooled[None].expand(batch_size, -1)
         return DLAConditioning(tokens=tokens, token_mask=mask, pooled=pooled)
+
+    def drop_to_null(self, conditioning: DLAConditioning, drop: torch.Tensor) -> DLAConditioning:
+        """Replace the samples where ``drop`` ([batch] bool) is True by :meth:`null_conditioning`.
+
+        Training's condition dropout goes through here, so a dropped sample sees exactly the
+        "MLLM off" tokens the sampler's stage 3 uses. Sequences are right-padded with zeros to
+        ``max(tokens, null_length)``; ``token_mask`` marks what is valid.
+        """
+        drop = drop.to(device=conditioning.tokens.device, dtype=torch.bool).flatten()
+        batch, tokens, width = conditioning.tokens.shape
+        if drop.shape[0] != batch:
+            raise DLAInputError(f"drop mask has {drop.shape[0]} entries for a batch of {batch}.")
+        null = self.null_conditioning(batch)
+        length = max(tokens, self.config.null_length)
+        out = conditioning.tokens.new_zeros(batch, length, width)  # [batch, length, context_width]
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=out.device)
+        keep = ~drop
+        out[keep, :tokens] = conditioning.tokens[keep]
+        mask[keep, :tokens] = conditioning.token_mask[keep].to(out.device)
+        out[drop, : self.config.null_length] = null.tokens[drop].to(out.dtype)
+        mask[drop, : self.config.null_length] = True
+        pooled = None
+        if conditioning.pooled is not None:
+            pooled = torch.where(drop[:, None], null.pooled.to(conditioning.pooled.dtype), conditioning.pooled)
+        return DLAConditioning(tokens=out, token_mask=mask, pooled=pooled)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

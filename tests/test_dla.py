@@ -208,6 +208,21 @@ def test_null_conditioning_carries_gradients_to_the_null_parameters():
     assert torch.equal(dla.null_tokens.grad, torch.full_like(dla.null_tokens, 2.0))
 
 
+def test_drop_to_null_gives_dropped_samples_exactly_the_null_conditioning():
+    dla = make_dla(null_length=9)
+    with torch.no_grad():
+        dla.null_tokens.normal_()
+        dla.null_pooled.normal_()
+        real = dla(make_features())  # 7 tokens
+        mixed = dla.drop_to_null(real, torch.tensor([False, True]))
+    null = dla.null_conditioning(1)
+    assert mixed.tokens.shape == (2, 9, 40)
+    assert torch.equal(mixed.tokens[0, :7], real.tokens[0]) and torch.equal(mixed.tokens[0, 7:], torch.zeros(2, 40))
+    assert mixed.token_mask[0].tolist() == [True] * 7 + [False] * 2
+    assert torch.equal(mixed.tokens[1], null.tokens[0]) and mixed.token_mask[1].all()
+    assert torch.equal(mixed.pooled[0], real.pooled[0]) and torch.equal(mixed.pooled[1], null.pooled[0])
+
+
 def test_target_without_pooled_width_gives_no_pooled_vector():
     dla = make_dla(target="qwen_image", pooled_width=0)
     with torch.no_grad():
