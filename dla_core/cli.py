@@ -21,6 +21,7 @@ from .errors import DLAInputError
 COMMANDS: list[tuple[str, str, str]] = [
     ("init-dla", "dla_core.cli:InitDLACommand", "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM"),
     ("inspect", "dla_core.cli:InspectCommand", "print a DLA checkpoint's config, tensor count and parameter count"),
+    ("generate", "dla_core.generate", "generate images from reference image(s) + a prompt (no model flags: embedded random self-test)"),
 ]
 
 EXIT_INPUT_ERROR = 2
@@ -81,7 +82,8 @@ class InitDLACommand:
         parser.add_argument("--lap-width", type=int, help="LAP width (default: min(1024, MLLM width); identity: the MLLM width)")
         parser.add_argument("--lap-heads", type=int, help="attention heads of the LAP blocks")
         parser.add_argument("--lap-mlp-hidden", type=int, help="MLP hidden size of the LAP blocks")
-        parser.add_argument("--pool", choices=POOL_MODES, help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised, smaller)")
+        parser.add_argument("--pool", choices=POOL_MODES, help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised; "
+                            "much smaller, advised with --init identity at 8B widths)")
         parser.add_argument("--null-length", type=int, help="length of the learned 'MLLM off' sequence (default 16)")
         parser.add_argument("--fuse", choices=("concat_text_first", "concat_image_first"), help="token order of the fused output")
         parser.add_argument("--out", required=True, help="output file, .safetensors")
