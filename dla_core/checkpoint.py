@@ -164,7 +164,9 @@ def init_dla(
     Defaults scale with the MLLM: ``lap_width = min(1024, mllm width)``, heads dividing it
     (up to 16), MLP hidden ``min(4 * lap_width, 4096)``. ``init="identity"`` sets
     ``lap_width`` to the MLLM width and turns the input norm off so the untrained DLA
-    reproduces layer ``identity_layer`` (-1 = last) exactly. ``overrides`` set any other
+    reproduces layer ``identity_layer`` (-1 = last) exactly; at InternVL3-8B widths that makes
+    the LAPs 3584 wide (about 1.09 B parameters with the flatten pool, 0.37 B with
+    ``lap_pool="weighted"``; the random default is 0.13 B). ``overrides`` set any other
     :class:`DLAConfig` field. The same ``seed`` gives the same weights.
     """
     target_info = target_spec(target)

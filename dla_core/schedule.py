@@ -56,8 +56,13 @@ FLUX_PIXELS_PER_TOKEN = 16  # VAE downsamples 8x, the DiT patchifies 2x2
 def validate_taus(tau1: float, tau2: float) -> None:
     """Raise :class:`DLAInputError` unless ``0 <= tau2 <= tau1 <= 1``."""
     for name, value in (("tau1", tau1), ("tau2", tau2)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, (bool, str)) or math.isnan(number):
             raise DLAInputError(f"{name} must be a number between 0 and 1, got {value!r}.")
+    tau1, tau2 = float(tau1), float(tau2)
     if not (0.0 <= tau2 <= tau1 <= 1.0):
         raise DLAInputError(
             f"tau1={tau1} and tau2={tau2} break the rule 0 <= tau2 <= tau1 <= 1: the MLLM-only stage "

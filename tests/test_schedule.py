@@ -122,3 +122,14 @@ def test_nan_tau_is_refused():
 def test_nan_sigma_is_refused():
     with pytest.raises(DLAInputError, match="NaN"):
         stages_for_sigmas([1.0, float("nan"), 0.0], 0.95, 0.85)
+
+
+def test_numpy_and_tensor_values_are_accepted():
+    import numpy as np
+
+    assert stage_for_sigma(torch.tensor(0.9), np.float32(0.95), torch.tensor(0.85)) == 2
+
+
+def test_text_tau_is_refused():
+    with pytest.raises(DLAInputError, match="tau2 must be a number between 0 and 1, got '0.5'"):
+        validate_taus(0.9, "0.5")
