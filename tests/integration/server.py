@@ -67,6 +67,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _default_sigint() -> None:
+    """In the child: let Ctrl-C stop ComfyUI even when our shell started us with SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServerError(RuntimeError):
     """The ComfyUI server did not start, died, or answered something unexpected."""
 
@@ -116,6 +121,7 @@ class ComfyServer:
         self.process = subprocess.Popen(
             command, cwd=self.comfyui, env=env, stdin=subprocess.DEVNULL,
             stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_default_sigint,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

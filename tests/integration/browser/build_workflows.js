@@ -1,0 +1,193 @@
+// Builds the example workflows in ComfyUI's real front end and saves them as the front end does.
+//
+// usage (from the repository root, with a server running the pack, e.g.
+//        `python -m tests.integration.server` in another shell):
+//   node tests/integration/browser/build_workflows.js http://127.0.0.1:PORT
+// writes workflows/<name>.json (UI format: app.graph.serialize(), what "Save" writes) and
+//        workflows/api/<name>.json (API format: app.graphToPrompt().output, what "Export (API)" writes).
+//
+// The graphs are described below by node, widget values and links; the front end creates the
+// nodes from the server's /object_info, so the files carry exactly the slots, widget order and
+// defaults a person would get by building the graph by hand.
+
+const path = require('path');
+const fs = require('fs');
+const { chromium } = require('playwright-core');
+
+const REPO = path.resolve(__dirname, '..', '..', '..');
+const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'];
+
+// File names as people have them: FLUX.1-dev and its VAE from Black Forest Labs' repository,
+// InternVL3-8B in transformers format (OpenGVLab/InternVL3-8B-hf), and the DLA + LoRA pair
+// that training writes (the two files belong together: same MLLM, same FLUX).
+const FILES = {
+  flux: 'flux1-dev.safetensors',
+  vae: 'ae.safetensors',
+  mllm: 'InternVL3-8B-hf',
+  dla: 'dla_internvl3-8b_flux1-dev.safetensors',
+  lora: 'dla_internvl3-8b_flux1-dev_lora.safetensors',
+  reference: 'dla_subject_reference.png',
+};
+const PROMPT = 'The subject from the reference image sitting on a wooden bench in an autumn park, '
+  + 'seen from the side, soft morning light, detailed photo.';
+const SEED = 42;
+const STEPS = 28; // the paper's schedule: ~4 / 7 / 17 steps in stages 1 / 2 / 3 at 1024x1024
+const NOTE = [
+  'DLA subject-driven generation (FLUX.1-dev + InternVL3-8B).',
+  '',
+  `models/diffusion_models/${FILES.flux}`,
+  `models/vae/${FILES.vae}`,
+  `models/loras/${FILES.lora}   (trained with the DLA)`,
+  `models/dla/${FILES.dla}`,
+  `models/mllm/${FILES.mllm}/   (HF folder: config.json, *.safetensors, tokenizer, processor)`,
+  '',
+  'No CLIP / T5 loader: the DLA turns the MLLM\'s hidden states into FLUX\'s text conditioning.',
+  'Staged KSampler: t >= tau1 MLLM only; tau2 <= t < tau1 MLLM + reference latents;',
+  't < tau2 reference latents only. tau1 = tau2 = 0 turns staging off.',
+].join('\n');
+
+// Shared front half of both graphs: models, reference image, MLLM joint encoding, DLA, identity.
+function commonNodes() {
+  return [
+    { key: 'note', type: 'Note', pos: [0, -250], size: [760, 210], widgets: { 0: NOTE }, title: 'Read me' },
+    { key: 'unet', type: 'UNETLoader', pos: [0, 0], size: [340, 0], widgets: { unet_name: FILES.flux, weight_dtype: 'default' } },
+    { key: 'lora', type: 'LoraLoaderModelOnly', pos: [0, 130], size: [340, 0], widgets: { lora_name: FILES.lora, strength_model: 1.0 } },
+    { key: 'vae', type: 'VAELoader', pos: [0, 280], size: [340, 0], widgets: { vae_name: FILES.vae } },
+    { key: 'image', type: 'LoadImage', pos: [0, 390], size: [340, 380], widgets: { image: FILES.reference } },
+    { key: 'mllm', type: 'DLAMLLMLoader', pos: [400, 0], size: [360, 0], widgets: { mllm_name: FILES.mllm, dtype: 'auto', device: 'default' } },
+    { key: 'encode', type: 'DLAMLLMJointEncode', pos: [400, 160], size: [360, 270], widgets: { prompt: PROMPT } },
+    { key: 'dla', type: 'DLALoader', pos: [400, 480], size: [360, 0], widgets: { dla_name: FILES.dla } },
+    { key: 'aggregate', type: 'DLAAggregate', pos: [820, 0], size: [300, 0], widgets: { guidance: 2.5 } },
+    { key: 'identity', type: 'DLAVAEIdentityEncode', pos: [820, 160], size: [300, 0], widgets: { placement: 'offset' } },
+    { key: 'latent', type: 'EmptySD3LatentImage', pos: [820, 420], size: [300, 0], widgets: { width: 1024, height: 1024, batch_size: 1 } },
+  ];
+}
+
+const COMMON_LINKS = [
+  ['unet', 0, 'lora', 'model'],
+  ['mllm', 0, 'encode', 'mllm'],
+  ['image', 0, 'encode', 'image'],
+  ['dla', 0, 'aggregate', 'dla'],
+  ['encode', 0, 'aggregate', 'mllm_features'],
+  ['vae', 0, 'identity', 'vae'],
+  ['image', 0, 'identity', 'image'],
+];
+
+function sampler(key, pos, tau1, tau2, title) {
+  return {
+    key, type: 'DLAStagedKSampler', pos, title, size: [320, 0],
+    widgets: { seed: SEED, control_after_generate: 'fixed', steps: STEPS, cfg: 1.0, sampler_name: 'euler', scheduler: 'simple', denoise: 1.0, tau1, tau2 },
+  };
+}
+
+function samplerLinks(key) {
+  return [
+    ['lora', 0, key, 'model'],
+    ['aggregate', 0, key, 'positive'],
+    ['identity', 0, key, 'identity'],
+    ['latent', 0, key, 'latent_image'],
+  ];
+}
+
+const WORKFLOWS = {
+  dla_flux_subject: {
+    nodes: [
+      ...commonNodes(),
+      sampler('sampler', [1180, 0], 0.95, 0.85, 'Staged KSampler (DLA)'),
+      { key: 'decode', type: 'VAEDecode', pos: [1600, 0] },
+      { key: 'save', type: 'SaveImage', pos: [1600, 110], size: [520, 580], widgets: { filename_prefix: 'dla_subject' } },
+    ],
+    links: [
+      ...COMMON_LINKS,
+      ...samplerLinks('sampler'),
+      ['sampler', 0, 'decode', 'samples'],
+      ['vae', 0, 'decode', 'vae'],
+      ['decode', 0, 'save', 'images'],
+    ],
+  },
+  dla_flux_staging_compare: {
+    nodes: [
+      ...commonNodes(),
+      sampler('sampler_off', [1180, 0], 0.0, 0.0, 'Staging off (tau 0 / 0)'),
+      sampler('sampler_on', [1180, 420], 0.95, 0.85, 'Staging on (tau 0.95 / 0.85)'),
+      { key: 'decode_off', type: 'VAEDecode', pos: [1600, 0] },
+      { key: 'decode_on', type: 'VAEDecode', pos: [2160, 0] },
+      { key: 'save_off', type: 'SaveImage', pos: [1600, 110], size: [520, 580], title: 'Staging off (tau 0 / 0)', widgets: { filename_prefix: 'dla_staging_off' } },
+      { key: 'save_on', type: 'SaveImage', pos: [2160, 110], size: [520, 580], title: 'Staging on (tau 0.95 / 0.85)', widgets: { filename_prefix: 'dla_staging_on' } },
+    ],
+    links: [
+      ...COMMON_LINKS,
+      ...samplerLinks('sampler_off'),
+      ...samplerLinks('sampler_on'),
+      ['sampler_off', 0, 'decode_off', 'samples'],
+      ['sampler_on', 0, 'decode_on', 'samples'],
+      ['vae', 0, 'decode_off', 'vae'],
+      ['vae', 0, 'decode_on', 'vae'],
+      ['decode_off', 0, 'save_off', 'images'],
+      ['decode_on', 0, 'save_on', 'images'],
+    ],
+  },
+};
+
+async function buildInPage(page, spec) {
+  return await page.evaluate(async (spec) => {
+    const { app, LiteGraph } = window;
+    app.graph.clear();
+    const byKey = {};
+    for (const n of spec.nodes) {
+      const node = LiteGraph.createNode(n.type);
+      if (!node) throw new Error(`node type ${n.type} is not registered on this server`);
+      app.graph.add(node);
+      node.pos = n.pos;
+      if (n.title) node.title = n.title;
+      for (const [name, value] of Object.entries(n.widgets ?? {})) {
+        const widget = /^\d+$/.test(name) ? node.widgets?.[Number(name)] : node.widgets?.find((w) => w.name === name);
+        if (!widget) throw new Error(`${n.type} has no widget ${name}: ${(node.widgets ?? []).map((w) => w.name)}`);
+        widget.value = value;
+      }
+      const size = node.computeSize();
+      node.setSize([Math.max(size[0], n.size?.[0] ?? 0), Math.max(size[1], n.size?.[1] ?? 0)]);
+      byKey[n.key] = node;
+    }
+    for (const [fromKey, outSlot, toKey, inputName] of spec.links) {
+      const from = byKey[fromKey];
+      const to = byKey[toKey];
+      const inSlot = to.findInputSlot(inputName);
+      if (inSlot < 0) throw new Error(`${to.type} has no input ${inputName}: ${to.inputs.map((i) => i.name)}`);
+      if (!from.connect(outSlot, to, inSlot)) throw new Error(`cannot connect ${from.type}[${outSlot}] -> ${to.type}.${inputName}`);
+    }
+    app.graph.setDirtyCanvas(true, true);
+    const ui = app.graph.serialize();
+    const api = (await app.graphToPrompt()).output;
+    return { ui, api };
+  }, spec);
+}
+
+async function main() {
+  const url = process.argv[2];
+  if (!url) throw new Error('usage: node build_workflows.js <server-url>');
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
+    page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    await page.waitForFunction(() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 100, null, { timeout: 90000 });
+    await page.waitForTimeout(1500);
+    fs.mkdirSync(path.join(REPO, 'workflows', 'api'), { recursive: true });
+    for (const [name, spec] of Object.entries(WORKFLOWS)) {
+      const { ui, api } = await buildInPage(page, spec);
+      delete ui.extra?.ds; // let the canvas fit the graph when it is opened
+      fs.writeFileSync(path.join(REPO, 'workflows', `${name}.json`), JSON.stringify(ui, null, 2) + '\n');
+      fs.writeFileSync(path.join(REPO, 'workflows', 'api', `${name}.json`), JSON.stringify(api, null, 2) + '\n');
+      process.stdout.write(`wrote workflows/${name}.json and workflows/api/${name}.json\n`);
+    }
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error.stack || error}\n`);
+  process.exit(1);
+});
