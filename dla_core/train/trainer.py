@@ -218,7 +218,6 @@ class DLAFluxTrainModule(nn.Module):
             refs = batch["references"][row] if bool(identity_on[row]) else []
             groups.setdefault(tuple(tuple(r.shape) for r in refs), []).append(row)
         per_sample = []
-        order = []
         dtype = next(p for p in self.transformer.parameters()).dtype
         for layout, rows in groups.items():
             idx = torch.tensor(rows, device=device)
@@ -254,8 +253,7 @@ class DLAFluxTrainModule(nn.Module):
             )[0]
             prediction = out[:, :image_tokens].float()  # target tokens only
             per_sample.append(((prediction - pack_latents(target[idx]).float()) ** 2).mean(dim=(1, 2)))
-            order.extend(rows)
-        losses = torch.cat(per_sample)  # [batch], group order
+        losses = torch.cat(per_sample)  # [batch], in group order
         return losses.mean()
 
 
@@ -403,7 +401,7 @@ def train(
     ``stop_at_step``: stop (with a checkpoint) once that many optimisation steps are done.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
@@ -420,6 +418,7 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    set_seed(t.seed)  # the LoRA's A matrices are drawn from the global generator
     base_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.mixed_precision, torch.float32)
     module = build_module(config, dataset.feature_meta, base_dtype)
     params_lora = [p for p in module.transformer.parameters() if p.requires_grad]

@@ -1,0 +1,223 @@
+"""prepare -> two-stage training -> resume -> export, on tiny random models and a synthetic data set.
+
+Everything is built in the test: a tiny InternVL, a tiny diffusers FLUX transformer and VAE,
+an init DLA, and four reference/target PNG pairs (one with two references of another size,
+so stage 2 batches mix reference layouts).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from dla_core.train.config import config_from_dict
+from dla_core.train.prepare import CACHE_INDEX, prepare_cache, shard_name
+
+NUM_SAMPLES = 4
+SHARD_SIZE = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are slower with several threads on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread):
+    """Tiny models, data set and base config (dict) with everything relative to ``root``."""
+    from dla_core.checkpoint import init_dla, save_dla
+    from dla_core.spec import read_mllm_spec
+    from dla_core.tiny.diffusers_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae
+    from dla_core.tiny.mllm import build_tiny_internvl
+
+    root = tmp_path_factory.mktemp("train_world")
+    mllm = build_tiny_internvl(root / "mllm", seed=0)
+    build_tiny_diffusers_flux(root / "flux", seed=0)
+    # scaling_factor 2.0 (FLUX: 0.3611) gives the random VAE's latents unit-ish variance: a visible signal to learn.
+    build_tiny_diffusers_vae(root / "vae", seed=0, scaling_factor=2.0)
+    save_dla(init_dla(read_mllm_spec(mllm), lap_width=32, lap_heads=2, lap_mlp_hidden=64, null_length=4, seed=0),
+             root / "init_dla.safetensors")
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(NUM_SAMPLES):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / f"target{i}.png")
+        refs = f"ref{i}.png"
+        if i == NUM_SAMPLES - 1:
+            Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(root / "ref_tall.png")
+            refs = [f"ref{i}.png", "ref_tall.png"]
+        lines.append(json.dumps({"reference": refs, "prompt": f"subject {i} in a new scene", "target": f"target{i}.png"}))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    raw = {
+        "model": {"mllm": "mllm", "flux": "flux", "vae": "vae", "init_dla": "init_dla.safetensors", "mllm_dtype": "float32"},
+        "data": {"manifest": "manifest.jsonl", "cache_dir": "cache", "resolution": 32, "reference_size": 32, "shard_size": SHARD_SIZE},
+        "lora": {"rank": 8},
+        "train": {"output_dir": "out", "stage1_steps": 20, "stage2_steps": 20, "batch_size": 2, "mixed_precision": "no",
+                  "lr_lora": 1e-2, "lr_dla": 1e-3, "checkpoint_every": 100, "progress_bar": False, "seed": 0},
+    }
+    return root, raw
+
+
+def _config(world, **train):
+    root, raw = world
+    raw = json.loads(json.dumps(raw))
+    raw["train"].update(train)
+    return config_from_dict(raw, base_dir=root)
+
+
+@pytest.fixture(scope="module")
+def prepared(world):
+    config = _config(world)
+    report = prepare_cache(config, rank=0, world_size=1, progress=False)
+    assert report.shards_written == [0, 1]
+    return config
+
+
+def test_prepare_is_resumable_and_skips_finished_shards(world, tmp_path):
+    root, raw = world
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    config = config_from_dict(raw, base_dir=root)
+    first = prepare_cache(config, rank=0, world_size=1, progress=False, max_shards=1)  # "killed" after one shard
+    assert first.shards_written == [0]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("shard-*")) == [shard_name(0)]
+    stamp = (tmp_path / "cache" / shard_name(0)).stat().st_mtime_ns
+    second = prepare_cache(config, rank=0, world_size=1, progress=False)
+    assert (second.shards_written, second.shards_skipped) == ([1], [0])
+    assert (tmp_path / "cache" / shard_name(0)).stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "cache" / CACHE_INDEX).read_text())["num_samples"] == NUM_SAMPLES
+
+
+def test_prepare_splits_shards_between_processes(world, tmp_path):
+    root, raw = world
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    config = config_from_dict(raw, base_dir=root)
+    assert prepare_cache(config, rank=1, world_size=2, progress=False).shards_written == [1]
+    assert prepare_cache(config, rank=0, world_size=2, progress=False).shards_written == [0]
+
+
+def test_cached_sample_holds_all_layers_masks_and_latents(prepared):
+    from dla_core.train.data import CachedFeatureDataset
+
+    dataset = CachedFeatureDataset(prepared.data.cache_dir)
+    item = dataset[NUM_SAMPLES - 1]
+    layers, tokens, width = item["hidden_states"].shape
+    assert (layers, width) == (dataset.feature_meta["num_layers"], dataset.feature_meta["width"])
+    assert item["image_mask"].any() and item["text_mask"].any() and not (item["image_mask"] & item["text_mask"]).any()
+    assert item["target"].shape == (16, 4, 4)  # 32 px / 8
+    assert [tuple(r.shape) for r in item["references"]] == [(16, 4, 4), (16, 4, 2)]  # 48x40 -> 32x32; 32x64 -> 16x32
+    assert item["prompt"] == f"subject {NUM_SAMPLES - 1} in a new scene"
+
+
+def test_changed_settings_refuse_to_mix_into_an_existing_cache(world, prepared):
+    from dla_core.errors import DLAInputError
+
+    root, raw = world
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["resolution"] = 48
+    with pytest.raises(DLAInputError, match="other settings"):
+        prepare_cache(config_from_dict(raw, base_dir=root), rank=0, world_size=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full_run(prepared, world):
+    from dla_core.train.trainer import train
+
+    config = _config(world, output_dir=str(world[0] / "full"))
+    return config, train(config)
+
+
+def test_loss_falls_over_both_stages(full_run):
+    config, result = full_run
+    losses, k = result.losses, 8
+    assert len(losses) == 40
+    stage1, stage2 = losses[:20], losses[20:]
+    first = sum(stage1[:k]) / k
+    assert sum(stage1[-k:]) / k < 0.97 * first
+    assert sum(stage2[-k:]) / k < 0.97 * first
+
+
+def test_loss_csv_has_one_row_per_step_with_stage(full_run):
+    from dla_core.train.trainer import read_loss_csv
+
+    config, result = full_run
+    rows = read_loss_csv(Path(config.train.output_dir) / "loss.csv")
+    assert [r[0] for r in rows] == list(range(1, 41))
+    assert [r[1] for r in rows] == [1] * 20 + [2] * 20
+    assert np.allclose([r[2] for r in rows], result.losses, rtol=1e-6)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_loss_curve(prepared, world):
+    from dla_core.train.trainer import train
+
+    steps = dict(stage1_steps=3, stage2_steps=3)
+    straight = train(_config(world, output_dir=str(world[0] / "straight"), **steps), export=False)
+    split_config = _config(world, output_dir=str(world[0] / "split"), **steps)
+    first = train(split_config, stop_at_step=4, export=False)  # stops inside stage 2
+    second = train(split_config, resume="latest", export=False)
+    assert (first.end_step, second.start_step, second.end_step) == (4, 4, 6)
+    assert np.allclose(first.losses + second.losses, straight.losses, rtol=1e-6, atol=1e-7)
+
+
+def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
+    from safetensors import safe_open
+
+    from dla_core.checkpoint import load_dla
+    from dla_core.tiny.diffusers_models import load_flux_transformer
+    from dla_core.train.export import DLA_FILE, LORA_FILE
+
+    config, result = full_run
+    export_dir = result.export_dir
+    dla = load_dla(export_dir / DLA_FILE)
+    assert dla.config.extra["training"]["stage1_steps"] == 20
+    with safe_open(str(export_dir / LORA_FILE), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    assert any(".attn.add_q_proj.lora_B." in k for k in keys) and any(".attn.to_out.0.lora_A." in k for k in keys)
+    # The trained DLA's null sequence moved away from its zero init (condition dropout trained it).
+    assert dla.null_tokens.abs().sum() > 0
+    # diffusers reads the LoRA file; the patched transformer reproduces the trained one.
+    base = load_flux_transformer(config.model.flux)
+    base.load_lora_adapter(str(export_dir / LORA_FILE), prefix="transformer", adapter_name="dla")
+    trained = load_flux_transformer(config.model.flux)
+    from dla_core.train.trainer import add_lora, load_trainable
+
+    add_lora(trained, config)
+    state = {k[len("transformer."):]: v for k, v in safe_open_all(result.output_dir).items() if k.startswith("transformer.")}
+    trained.load_state_dict(state, strict=False)
+    inputs = _flux_inputs(base)
+    with torch.no_grad():
+        assert torch.allclose(base(**inputs)[0], trained(**inputs)[0], atol=2e-3, rtol=1e-2)  # bf16 LoRA file
+
+
+def safe_open_all(output_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from dla_core.train.trainer import TRAINABLE_FILE, list_checkpoints
+
+    return load_file(str(list_checkpoints(output_dir)[-1] / TRAINABLE_FILE))
+
+
+def _flux_inputs(transformer) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    return dict(
+        hidden_states=torch.randn(1, 16, 64, generator=generator),
+        encoder_hidden_states=torch.randn(1, 5, 4096, generator=generator),
+        pooled_projections=torch.randn(1, 768, generator=generator),
+        timestep=torch.tensor([0.7]),
+        img_ids=torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(16, 3),
+        txt_ids=torch.zeros(5, 3),
+        guidance=torch.tensor([3.5]),
+        return_dict=False,
+    )
