@@ -1,0 +1,76 @@
+"""Staged sampling inside ComfyUI: single-stage schedules are bit-identical to native sampling.
+
+Tiny FLUX, 64x64 px (8x8 latents), 2 steps. With ComfyUI's FLUX sampling (shift 1.15) and the
+"simple" scheduler the model is called at t = 1.0 and 0.7595 (denoise 1), or at t = 0.7595
+and 0.5128 (denoise 0.5: the last 2 steps of 4), so:
+stage 1 everywhere: tau 0/0; stage 2 everywhere: tau1 = 1, tau2 = 0 with denoise 0.5;
+stage 3 everywhere: tau1 = tau2 = 1 with denoise 0.5.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+SAMPLERS = ["euler", "dpmpp_2m"]  # first order; second order (multistep). heun: see the override test
+
+
+def _native(graph, nodes, positive, sampler_name, denoise):
+    return graph.add(
+        "KSampler", model=graph.out(nodes.model), seed=7, steps=2, cfg=1.0, sampler_name=sampler_name, scheduler="simple",
+        positive=graph.out(positive), negative=graph.out(positive), latent_image=graph.out(nodes.latent), denoise=denoise,
+    )
+
+
+def _with_native_identity(graph, nodes, conditioning):
+    """conditioning + reference latent through ComfyUI's own nodes (VAEEncode, ReferenceLatent, method)."""
+    encoded = graph.add("VAEEncode", pixels=graph.out(nodes.image), vae=graph.out(nodes.vae))
+    referenced = graph.add("ReferenceLatent", conditioning=graph.out(conditioning), latent=graph.out(encoded))
+    return graph.add("FluxKontextMultiReferenceLatentMethod", conditioning=graph.out(referenced), reference_latents_method="offset")
+
+
+def _run_pair(comfy, graph, staged, native):
+    for node in (staged, native):
+        graph.add("SaveLatent", samples=graph.out(node), filename_prefix="latents/dla_test")
+    result = comfy.run(graph.prompt)
+    assert result.success, result.error_text
+    return comfy.output(staged)["samples"], comfy.output(native)["samples"]
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+def test_stage1_only_schedule_equals_native_ksampler_with_mllm_conditioning(comfy, graph, dla_pipeline, staged_sampler, sampler_name):
+    nodes = dla_pipeline(graph)
+    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=0.0, tau2=0.0)
+    native = _native(graph, nodes, nodes.positive, sampler_name, 1.0)
+    staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
+    assert torch.isfinite(staged_latent).all()
+    assert torch.equal(staged_latent, native_latent)
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+def test_stage2_only_schedule_equals_native_ksampler_with_reference_latents(comfy, graph, dla_pipeline, staged_sampler, sampler_name):
+    nodes = dla_pipeline(graph)
+    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=0.0, denoise=0.5)
+    native = _native(graph, nodes, _with_native_identity(graph, nodes, nodes.positive), sampler_name, 0.5)
+    staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
+    assert torch.equal(staged_latent, native_latent)
+
+
+@pytest.mark.parametrize("sampler_name", SAMPLERS)
+def test_stage3_only_schedule_equals_native_ksampler_with_stage3_conditioning(comfy, graph, dla_pipeline, staged_sampler, sampler_name):
+    nodes = dla_pipeline(graph)
+    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=1.0, denoise=0.5)
+    stage3 = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage="3: identity only", identity=graph.out(nodes.identity))
+    native = _native(graph, nodes, stage3, sampler_name, 0.5)
+    staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
+    assert torch.equal(staged_latent, native_latent)
+
+
+def test_stage3_override_equals_native_ksampler_built_from_native_nodes_only(comfy, graph, dla_pipeline, staged_sampler):
+    nodes = dla_pipeline(graph)
+    zero = graph.add("ConditioningZeroOut", conditioning=graph.out(nodes.positive))
+    staged = staged_sampler(graph, nodes, sampler_name="heun", tau1=1.0, tau2=1.0, denoise=0.5, stage3_conditioning=graph.out(zero))
+    native = _native(graph, nodes, _with_native_identity(graph, nodes, zero), "heun", 0.5)
+    staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
+    assert torch.equal(staged_latent, native_latent)
