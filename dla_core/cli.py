@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("init-dla", "dla_core.cli:InitDLACommand", "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM"),
     ("inspect", "dla_core.cli:InspectCommand", "print a DLA checkpoint's config, tensor count and parameter count"),
     ("generate", "dla_core.generate", "generate images from reference image(s) + a prompt (no model flags: embedded random self-test)"),
+    ("eval", "dla_core.eval", "DreamBench-style DINO / CLIP-I / CLIP-T of a folder of generations against reference images"),
 ]
 
 EXIT_INPUT_ERROR = 2
