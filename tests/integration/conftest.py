@@ -367,3 +367,20 @@ def add_staged_sampler(graph: Graph, nodes: PipelineNodes, **overrides) -> str:
     )
     inputs.update(overrides)
     return graph.add("DLAStagedKSampler", **{key: value for key, value in inputs.items() if value is not None})
+
+
+@pytest.fixture
+def new_graph():
+    """The :class:`Graph` class, for tests that build more than one prompt."""
+    return Graph
+
+
+@pytest.fixture(scope="session")
+def tiny_names():
+    """File and folder names of the tiny models (as the loaders' dropdowns show them)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        flux=TINY_FLUX, vae=TINY_VAE, lora=TINY_LORA, mllm=TINY_MLLM, other_mllm=TINY_OTHER_MLLM, dla=TINY_DLA,
+        dla_other_mllm=TINY_DLA_OTHER_MLLM, dla_other_width=TINY_DLA_OTHER_WIDTH, reference=REFERENCE_IMAGE,
+    )
