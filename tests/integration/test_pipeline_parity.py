@@ -36,18 +36,21 @@ STEPS = 4  # divides 10000: ComfyUI's "simple" scheduler hits the same unshifted
 SEED = 7
 TAU1, TAU2 = 0.9, 0.7  # at 64x64 the shifted sigmas are 1.0, 0.83, 0.61, 0.35: stages 1, 2, 3, 3
 GUIDANCE = 2.5
-MLLM_IMAGE_SIZE = 56
+MLLM_IMAGE_SIZE = 56  # add_dla_pipeline's image_size
+PROMPT = "the object from the picture on a beach"
 PARITY_ATOL = 1e-4  # absolute, on VAE-space latents of std ~4; measured max |diff| 1.9e-6
 PARITY_RTOL = 1e-5
 
 
 _CACHE: dict = {}  # results shared by the tests of this module (the fixtures they need are function-scoped)
+TINY_LORA_FILE = "tiny_flux_lora.safetensors"  # conftest's LoRA in ComfyUI's diffusion_model.*.lora_up/down layout
 
 
-@pytest.fixture
-def comfy_latents(comfy, graph, dla_pipeline):
-    if "comfy" not in _CACHE:
-        nodes = dla_pipeline(graph, size=SIZE, guidance=GUIDANCE, lora=False, placement="offset")
+def comfy_staged_latents(comfy, graph, dla_pipeline, lora: bool) -> torch.Tensor:
+    """Final LATENT of UNETLoader [-> LoraLoaderModelOnly] -> ModelSamplingFlux -> DLAStagedKSampler."""
+    key = ("comfy", lora)
+    if key not in _CACHE:
+        nodes = dla_pipeline(graph, prompt_text=PROMPT, size=SIZE, guidance=GUIDANCE, lora=lora, placement="offset")
         shifted = graph.add("ModelSamplingFlux", model=graph.out(nodes.model), max_shift=1.15, base_shift=0.5, width=SIZE, height=SIZE)
         sampler = graph.add(
             "DLAStagedKSampler", model=graph.out(shifted), positive=graph.out(nodes.positive), latent_image=graph.out(nodes.latent),
@@ -57,34 +60,51 @@ def comfy_latents(comfy, graph, dla_pipeline):
         graph.add("SaveLatent", samples=graph.out(sampler), filename_prefix="latents/dla_parity")  # an output node
         result = comfy.run(graph.prompt)
         assert result.success, result.error_text
-        _CACHE["comfy"] = comfy.output(sampler)["samples"].float().cpu()
-    return _CACHE["comfy"]
+        _CACHE[key] = comfy.output(sampler)["samples"].float().cpu()
+    return _CACHE[key]
 
 
-@pytest.fixture
-def pipeline_output(comfy, tiny_models_dir):
-    if "pipeline" in _CACHE:
-        return _CACHE["pipeline"]
+def pipeline_run(comfy, models, lora: bool):
+    """The same generation with DLASubjectPipeline on the same files (LoRA applied with strength 1)."""
+    key = ("pipeline", lora)
+    if key in _CACHE:
+        return _CACHE[key]
     from dla_core.pipeline import DLASubjectPipeline, load_reference_image
 
-    models = tiny_models_dir
-    pipe = DLASubjectPipeline.from_pretrained(
-        models / "diffusion_models" / "tiny_flux.safetensors",
-        models / "vae" / "tiny_ae.safetensors",
-        models / "mllm" / "tiny-internvl",
-        models / "dla" / "tiny_dla.safetensors",
-        dtype="fp32",
-        device="cpu",
-    )
+    if "pipe" not in _CACHE:
+        _CACHE["pipe"] = DLASubjectPipeline.from_pretrained(
+            models / "diffusion_models" / "tiny_flux.safetensors",
+            models / "vae" / "tiny_ae.safetensors",
+            models / "mllm" / "tiny-internvl",
+            models / "dla" / "tiny_dla.safetensors",
+            dtype="fp32",
+            device="cpu",
+        )
+    pipe = _CACHE["pipe"]
+    if lora:
+        pipe.load_lora(models / "loras" / TINY_LORA_FILE, scale=1.0)
+        pipe.transformer.enable_adapters()
+    elif getattr(pipe.transformer, "_hf_peft_config_loaded", False):
+        pipe.transformer.disable_adapters()
     reference = load_reference_image(comfy.base_dir / "input" / "reference.png")
-    _CACHE["pipeline"] = pipe(
-        "the object from the picture on a beach",  # conftest.add_dla_pipeline's default prompt
+    _CACHE[key] = pipe(
+        PROMPT,
         reference,
         height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE, tau1=TAU1, tau2=TAU2, seed=SEED,
         reference_method="offset", reference_megapixels=0.0, mllm_image_size=MLLM_IMAGE_SIZE,
         output_type="latent", progress=False,
     )
-    return _CACHE["pipeline"]
+    return _CACHE[key]
+
+
+@pytest.fixture
+def comfy_latents(comfy, graph, dla_pipeline):
+    return comfy_staged_latents(comfy, graph, dla_pipeline, lora=False)
+
+
+@pytest.fixture
+def pipeline_output(comfy, tiny_models_dir):
+    return pipeline_run(comfy, tiny_models_dir, lora=False)
 
 
 def test_schedule_visits_all_three_stages(pipeline_output):
@@ -102,3 +122,13 @@ def test_pipeline_latents_match_comfyui_staged_ksampler(pipeline_output, comfy_l
 def test_parity_is_not_trivial(pipeline_output, comfy_latents):
     noise = torch.randn(comfy_latents.shape, generator=torch.manual_seed(SEED)) / 0.3611 + 0.1159  # VAE space
     assert (comfy_latents - noise).abs().max() > 100 * PARITY_ATOL  # the model moved the latent far from the noise
+
+
+def test_comfyui_format_lora_gives_the_same_latents_as_lora_loader_model_only(comfy, graph, dla_pipeline, tiny_models_dir):
+    ours = pipeline_run(comfy, tiny_models_dir, lora=True).latents
+    theirs = comfy_staged_latents(comfy, graph, dla_pipeline, lora=True)
+    difference = (ours - theirs).abs().max().item()
+    print(f"pipeline vs ComfyUI with LoRA: max |diff| = {difference:.3g}")
+    torch.testing.assert_close(ours, theirs, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+    base = pipeline_run(comfy, tiny_models_dir, lora=False).latents
+    assert (ours - base).abs().max() > 100 * PARITY_ATOL  # the LoRA really changed the model
