@@ -1,0 +1,125 @@
+"""ComfyUI's real front end (the comfyui-frontend-package the server serves), in headless Debian
+Chromium driven by playwright-core, loads every shipped workflow without a warning.
+
+check_workflows.js does the browser work once for all workflows (plus one deliberately broken
+copy that proves the missing-node check sees what a person would see) and reports JSON; the
+tests below judge that report. Screenshots land in test-artifacts/screenshots/. With
+DLA_UPDATE_DOCS_SCREENSHOT=1 the subject workflow's screenshot is copied to
+docs/images/workflow.png (the README's picture).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+API_DIR = WORKFLOWS_DIR / "api"
+SCRIPT = Path(__file__).with_name("check_workflows.js")
+CHROMIUM = Path(os.environ.get("DLA_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
+DOCS_SCREENSHOT = REPO_ROOT / "docs" / "images" / "workflow.png"
+README_WORKFLOW = "dla_flux_subject"
+UNKNOWN_NODE_TYPE = "DLANodeThatDoesNotExist"
+WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
+
+
+def _browser_skip_reason() -> str | None:
+    if not CHROMIUM.is_file():
+        return f"no Chromium at {CHROMIUM}: `apt-get install chromium` (Debian) or set DLA_CHROMIUM"
+    if shutil.which("node") is None:
+        return "no node (Node.js) on PATH to run playwright-core"
+    if not (REPO_ROOT / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is not installed: run `npm ci` in the repository root"
+    return None
+
+
+def without_meta(prompt: dict) -> dict:
+    return {node_id: {"inputs": node["inputs"], "class_type": node["class_type"]} for node_id, node in prompt.items()}
+
+
+@pytest.fixture(scope="module")
+def frontend_report(comfy_server, tmp_path_factory) -> dict:
+    """Every workflow (and one broken copy) loaded into the front end; the script's JSON report."""
+    reason = _browser_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    broken = copy.deepcopy(json.loads((WORKFLOWS_DIR / f"{README_WORKFLOW}.json").read_text()))
+    broken["nodes"][-1]["type"] = UNKNOWN_NODE_TYPE
+    broken_path = tmp_path_factory.mktemp("broken-workflow") / "broken_copy.json"
+    broken_path.write_text(json.dumps(broken))
+    command = ["node", str(SCRIPT), comfy_server.url, str(SCREENSHOT_DIR), *map(str, WORKFLOWS), str(broken_path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"check_workflows.js failed:\n{done.stderr[-4000:]}"
+    report = json.loads(done.stdout)
+    report["broken"] = report["results"].pop(str(broken_path))
+    (REPO_ROOT / "test-artifacts" / "frontend-report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def result_of(report: dict, path: Path) -> dict:
+    return report["results"][str(path)]
+
+
+ids = [path.stem for path in WORKFLOWS]
+
+
+def test_missing_node_check_flags_an_unknown_node_type(frontend_report):
+    broken = frontend_report["broken"]
+    assert broken["missing_node_types"] == [UNKNOWN_NODE_TYPE]
+    assert any(UNKNOWN_NODE_TYPE in text for text in broken["dialogs"]), broken["dialogs"]
+
+
+def test_frontend_is_comfyuis_own_package(frontend_report):
+    assert frontend_report["frontend_version"], "the page never printed its front-end version"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_workflow_loads_with_no_missing_node_and_no_dialog(frontend_report, path):
+    result = result_of(frontend_report, path)
+    assert result["missing_node_types"] == []
+    assert result["dialogs"] == []
+    assert result["toasts"] == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_workflow_links_join_sockets_of_matching_types(frontend_report, path):
+    result = result_of(frontend_report, path)
+    assert result["bad_links"] == []
+    assert result["link_count"] > 0
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_workflow_dropdown_values_are_offered_by_the_server(frontend_report, path):
+    assert result_of(frontend_report, path)["bad_widget_values"] == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_workflow_loads_without_page_errors_or_flagged_nodes(frontend_report, path):
+    result = result_of(frontend_report, path)
+    assert result["console_errors"] == []
+    assert result["nodes_with_errors"] == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_frontend_api_export_equals_the_shipped_api_file(frontend_report, path):
+    exported = result_of(frontend_report, path)["api_prompt"]
+    assert without_meta(exported) == without_meta(json.loads((API_DIR / path.name).read_text()))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=ids)
+def test_workflow_screenshot_is_kept(frontend_report, path):
+    screenshot = Path(result_of(frontend_report, path)["screenshot"])
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000
+    if path.stem == README_WORKFLOW and os.environ.get("DLA_UPDATE_DOCS_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(screenshot, DOCS_SCREENSHOT)
