@@ -53,7 +53,8 @@ def comfy_qwen_modules(clip) -> dict:
     if cond_model is None or not hasattr(clip, "tokenize"):
         raise DLAInputError(f"The 'clip' input is not a ComfyUI CLIP (got {type(clip).__name__}). {load_hint}")
     encoder = getattr(cond_model, "qwen25_7b", None)
-    if encoder is None or not isinstance(clip.tokenizer, QwenImageTokenizer):
+    # Exact class: HunyuanImage's tokenizer subclasses Qwen-Image's but uses another template and layer.
+    if encoder is None or type(clip.tokenizer) is not QwenImageTokenizer:
         raise DLAInputError(
             f"This CLIP is a {type(cond_model).__name__} with tokenizer {type(clip.tokenizer).__name__}, "
             f"not Qwen2.5-VL-7B for Qwen-Image. {load_hint}"
