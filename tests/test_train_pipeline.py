@@ -1,8 +1,8 @@
 """prepare -> two-stage training -> resume -> export, on tiny random models and a synthetic data set.
 
-Everything is built in the test: a tiny InternVL, a tiny diffusers FLUX transformer and VAE,
-an init DLA, and four reference/target PNG pairs (one with two references of another size,
-so stage 2 batches mix reference layouts).
+Everything is built in the test (``dla_core.train.tiny_setup``): a tiny InternVL, a tiny diffusers
+FLUX transformer and VAE, an init DLA, and four reference/target PNG pairs (one with two references
+of another size, so stage 2 batches mix reference layouts).
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from dla_core.train.config import config_from_dict
 from dla_core.train.prepare import CACHE_INDEX, prepare_cache, shard_name
@@ -35,29 +34,9 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
     """Tiny models, data set and base config (dict) with everything relative to ``root``."""
-    from dla_core.checkpoint import init_dla, save_dla
-    from dla_core.spec import read_mllm_spec
-    from dla_core.tiny.diffusers_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae
-    from dla_core.tiny.mllm import build_tiny_internvl
+    from dla_core.train.tiny_setup import build_tiny_training_world
 
-    root = tmp_path_factory.mktemp("train_world")
-    mllm = build_tiny_internvl(root / "mllm", seed=0)
-    build_tiny_diffusers_flux(root / "flux", seed=0)
-    # scaling_factor 2.0 (FLUX: 0.3611) gives the random VAE's latents unit-ish variance: a visible signal to learn.
-    build_tiny_diffusers_vae(root / "vae", seed=0, scaling_factor=2.0)
-    save_dla(init_dla(read_mllm_spec(mllm), lap_width=32, lap_heads=2, lap_mlp_hidden=64, null_length=4, seed=0),
-             root / "init_dla.safetensors")
-    rng = np.random.default_rng(0)
-    lines = []
-    for i in range(NUM_SAMPLES):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
-        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(root / f"target{i}.png")
-        refs = f"ref{i}.png"
-        if i == NUM_SAMPLES - 1:
-            Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(root / "ref_tall.png")
-            refs = [f"ref{i}.png", "ref_tall.png"]
-        lines.append(json.dumps({"reference": refs, "prompt": f"subject {i} in a new scene", "target": f"target{i}.png"}))
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    root = build_tiny_training_world(tmp_path_factory.mktemp("train_world"), num_samples=NUM_SAMPLES, seed=0)
     raw = {
         "model": {"mllm": "mllm", "flux": "flux", "vae": "vae", "init_dla": "init_dla.safetensors", "mllm_dtype": "float32"},
         "data": {"manifest": "manifest.jsonl", "cache_dir": "cache", "resolution": 32, "reference_size": 32, "shard_size": SHARD_SIZE},
@@ -187,18 +166,37 @@ def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
     assert any(".attn.add_q_proj.lora_B." in k for k in keys) and any(".attn.to_out.0.lora_A." in k for k in keys)
     # The trained DLA's null sequence moved away from its zero init (condition dropout trained it).
     assert dla.null_tokens.abs().sum() > 0
-    # diffusers reads the LoRA file; the patched transformer reproduces the trained one.
-    base = load_flux_transformer(config.model.flux)
-    base.load_lora_adapter(str(export_dir / LORA_FILE), prefix="transformer", adapter_name="dla")
-    trained = load_flux_transformer(config.model.flux)
-    from dla_core.train.trainer import add_lora, load_trainable
+    # H4's pipeline loads both files; its LoRA'd transformer reproduces the trained one.
+    from dla_core.pipeline import DLASubjectPipeline
+    from dla_core.train.trainer import add_lora
 
+    pipe = DLASubjectPipeline.from_pretrained(config.model.flux, config.model.vae, config.model.mllm,
+                                              export_dir / DLA_FILE, lora=export_dir / LORA_FILE, dtype=torch.float32)
+    trained = load_flux_transformer(config.model.flux)
     add_lora(trained, config)
     state = {k[len("transformer."):]: v for k, v in safe_open_all(result.output_dir).items() if k.startswith("transformer.")}
     trained.load_state_dict(state, strict=False)
-    inputs = _flux_inputs(base)
+    inputs = _flux_inputs(trained)
     with torch.no_grad():
-        assert torch.allclose(base(**inputs)[0], trained(**inputs)[0], atol=2e-3, rtol=1e-2)  # bf16 LoRA file
+        assert torch.allclose(pipe.transformer(**inputs)[0], trained(**inputs)[0], atol=2e-3, rtol=1e-2)  # bf16 LoRA file
+    assert torch.equal(pipe.dla.null_tokens, dla.null_tokens)
+    image = pipe("subject 0 on the moon", [str(Path(config.data.manifest).parent / "ref0.png")], height=32, width=32,
+                 num_inference_steps=2, progress=False).images[0]
+    assert image.size == (32, 32)
+
+
+def test_export_command_from_the_last_checkpoint_matches_the_final_export(full_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from dla_core.train.__main__ import main as train_main
+
+    config, result = full_run
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
+    assert train_main(["export", "--config", str(config_file), "--out", str(tmp_path / "export")]) == 0
+    for name in ("dla.safetensors", "lora.safetensors"):
+        ours, final = load_file(str(tmp_path / "export" / name)), load_file(str(result.export_dir / name))
+        assert ours.keys() == final.keys() and all(torch.equal(ours[k], final[k]) for k in ours)
 
 
 def safe_open_all(output_dir: Path) -> dict:
@@ -221,3 +219,11 @@ def _flux_inputs(transformer) -> dict:
         guidance=torch.tensor([3.5]),
         return_dict=False,
     )
+
+
+@pytest.mark.parametrize("name", ["train_paper.yaml", "train_tiny.yaml"])
+def test_example_configs_are_valid(name):
+    from dla_core.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert config.total_steps == (35_000 if name == "train_paper.yaml" else 40)
