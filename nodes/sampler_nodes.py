@@ -8,6 +8,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from ..dla_core.errors import DLAInputError
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2, validate_taus
 from .staged_sampling import StagedCFGGuider, stage_conditionings
 from .types import CATEGORY, IDENTITY, ReferenceIdentity, expect
@@ -163,7 +164,7 @@ class DLAStageConditioning(io.ComfyNode):
         number = STAGE_OPTIONS.index(stage) + 1
         conditioning, _ = stage_conditionings(positive, None, _optional_identity(identity), stage3_conditioning)[number]
         if conditioning is None:
-            raise ValueError(
+            raise DLAInputError(
                 "This conditioning carries no 'MLLM off' conditioning for stage 3: connect the output of Dual Layer "
                 "Aggregation or a stage3_conditioning."
             )
