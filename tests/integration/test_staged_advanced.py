@@ -7,6 +7,8 @@ latents with the text zeroed.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -77,5 +79,6 @@ def test_tau2_above_tau1_is_a_node_error(comfy, graph):
     staged, _ = _stage_graph(graph, 1, 1.0)
     graph.prompt[staged]["inputs"].update(tau1=0.5, tau2=0.9)
     result = comfy.run(graph.prompt)
-    assert not result.success
-    assert "tau2" in result.error_text
+    # ComfyUI still runs the graph's other (valid) outputs; the staged sampler is reported as a node error.
+    assert staged in result.node_errors
+    assert "tau2" in json.dumps(result.node_errors[staged])
