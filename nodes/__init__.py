@@ -8,7 +8,10 @@ from .dla_nodes import DLAAggregate, DLALoader
 from .identity_nodes import DLAVAEIdentityEncode
 from .mllm_nodes import DLAMLLMJointEncode, DLAMLLMLoader
 from .model_folders import register_model_folders
+from .qwen_clip import DLAQwenCLIPJointEncode
+from .qwen_identity import DLAReferenceLatents
 from .sampler_nodes import DLAStageConditioning, DLAStagedGuider, DLAStagedKSampler
+from .staged_advanced import DLAStagedKSamplerAdvanced
 
 NODES: list[type[io.ComfyNode]] = [
     DLAMLLMLoader,
@@ -19,6 +22,9 @@ NODES: list[type[io.ComfyNode]] = [
     DLAStagedKSampler,
     DLAStagedGuider,
     DLAStageConditioning,
+    DLAQwenCLIPJointEncode,
+    DLAReferenceLatents,
+    DLAStagedKSamplerAdvanced,
 ]
 
 
