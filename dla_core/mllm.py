@@ -18,7 +18,6 @@ so the last layer is always post-norm for every family.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
