@@ -71,7 +71,7 @@ class InitDLACommand:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        from .dla import INIT_MODES, TARGETS
+        from .dla import FUSE_MODES, INIT_MODES, TARGETS
         from .lap import POOL_MODES
 
         parser.add_argument("--mllm", required=True, help="Hugging Face-format MLLM folder (only its config.json is read)")
@@ -86,7 +86,9 @@ class InitDLACommand:
         parser.add_argument("--pool", choices=POOL_MODES, help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised; "
                             "much smaller, advised with --init identity at 8B widths)")
         parser.add_argument("--null-length", type=int, help="length of the learned 'MLLM off' sequence (default 16)")
-        parser.add_argument("--fuse", choices=("concat_text_first", "concat_image_first"), help="token order of the fused output")
+        parser.add_argument("--fuse", choices=FUSE_MODES,
+                            help="token order of the fused output: concat_text_first (default), concat_image_first, or sequence "
+                                 "(the MLLM's own token order; with --init identity --target qwen_image it reproduces native Qwen-Image conditioning)")
         parser.add_argument("--out", required=True, help="output file, .safetensors")
 
     @staticmethod

@@ -7,7 +7,10 @@ concatenation along the token axis, per sample:
 
     [valid text tokens (in order) | valid image tokens (in order) | zero padding]
 
-(``fuse="concat_image_first"`` puts image tokens first). Samples are right-padded with zeros
+(``fuse="concat_image_first"`` puts image tokens first; ``fuse="sequence"`` keeps every valid
+token at its rank in the MLLM's own order, text tokens through the text LAP and image tokens
+through the image LAP, which is how Qwen-Image reads Qwen2.5-VL's states, so the identity
+initialisation reproduces native Qwen-Image conditioning). Samples are right-padded with zeros
 to the longest one in the batch and ``token_mask`` marks the valid positions. Positions that
 are in neither content mask (padding, chat-template tokens) are never gathered, so they
 cannot influence any output.
@@ -39,7 +42,7 @@ from .spec import MLLMSpec
 
 DLA_CONFIG_VERSION = 1
 
-FUSE_MODES = ("concat_text_first", "concat_image_first")
+FUSE_MODES = ("concat_text_first", "concat_image_first", "sequence")
 INIT_MODES = ("random", "identity")
 
 
@@ -324,16 +327,9 @@ class DualLayerAggregation(nn.Module):
                 f"Sample(s) {empty} of the MLLM features hold no text and no image tokens; give each a prompt or a reference image."
             )
         per_token = hidden.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
-        first_mask, second_mask = (text_mask, image_mask) if self.config.fuse == "concat_text_first" else (image_mask, text_mask)
-        first_lap, second_lap = (self.lap_text, self.lap_image) if self.config.fuse == "concat_text_first" else (self.lap_image, self.lap_text)
-
         out_len = int(counts.max())
         out = hidden.new_zeros(batch, out_len, self.config.context_width)  # [batch, out_len, context_width]
-        first_count = first_mask.sum(1, keepdim=True)  # [batch, 1]
-        # Destination slot of each gathered token: its rank among its own kind, after the first kind.
-        first_dest = first_mask.cumsum(1) - 1
-        second_dest = second_mask.cumsum(1) - 1 + first_count
-        for mask, dest, lap in ((first_mask, first_dest, first_lap), (second_mask, second_dest, second_lap)):
+        for mask, dest, lap in self._destinations(text_mask, image_mask):
             if not mask.any():
                 continue
             items = per_token[mask]  # [items, layers, width]
@@ -342,6 +338,23 @@ class DualLayerAggregation(nn.Module):
             out[rows, dest[mask]] = values.to(out.dtype)
         token_mask = torch.arange(out_len, device=out.device)[None, :] < counts[:, None]  # [batch, out_len]
         return DLAConditioning(tokens=out, token_mask=token_mask, pooled=self._pool(out, token_mask))
+
+    def _destinations(self, text_mask: torch.Tensor, image_mask: torch.Tensor) -> list:
+        """``(mask, destination slot per token, LAP)`` for text and image tokens, per ``config.fuse``.
+
+        Masks are [batch, tokens]; destinations hold, at each masked position, the output slot.
+        """
+        if self.config.fuse == "sequence":
+            rank = (text_mask | image_mask).cumsum(1) - 1  # rank among all valid tokens, original order
+            return [(text_mask, rank, self.lap_text), (image_mask, rank, self.lap_image)]
+        if self.config.fuse == "concat_text_first":
+            (first_mask, first_lap), (second_mask, second_lap) = (text_mask, self.lap_text), (image_mask, self.lap_image)
+        else:
+            (first_mask, first_lap), (second_mask, second_lap) = (image_mask, self.lap_image), (text_mask, self.lap_text)
+        # Rank among its own kind; the second kind starts after the first kind's count.
+        first_dest = first_mask.cumsum(1) - 1
+        second_dest = second_mask.cumsum(1) - 1 + first_mask.sum(1, keepdim=True)
+        return [(first_mask, first_dest, first_lap), (second_mask, second_dest, second_lap)]
 
     def _pool(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> Optional[torch.Tensor]:
         if self.pooled_proj is None:

@@ -218,3 +218,10 @@ def test_loaded_checkpoint_refuses_a_different_mllm(tmp_path):
 def test_saving_to_a_non_safetensors_name_is_refused(tmp_path):
     with pytest.raises(DLAInputError, match="Use a name ending in .safetensors"):
         save_dla(tiny_dla(), tmp_path / "dla.pt")
+
+
+def test_sequence_fusion_survives_the_checkpoint_round_trip(tmp_path):
+    dla = tiny_dla(fuse="sequence")
+    loaded = load_dla(save_dla(dla, tmp_path / "sequence.safetensors"))
+    assert loaded.config.fuse == "sequence"
+    assert read_dla_config(tmp_path / "sequence.safetensors").fuse == "sequence"

@@ -63,6 +63,13 @@ def test_init_dla_identity_for_qwen_image_records_its_settings(mllm_folder, tmp_
     assert (config.init, config.identity_layer, config.lap_width, config.pooled_width) == ("identity", 2, 32, 0)
 
 
+def test_init_dla_fuse_sequence_is_recorded(mllm_folder, tmp_path):
+    out = tmp_path / "dla.safetensors"
+    assert main(["init-dla", "--mllm", str(mllm_folder), "--target", "qwen_image", "--init", "identity", "--fuse", "sequence",
+                 "--out", str(out)]) == 0
+    assert read_dla_config(out).fuse == "sequence"
+
+
 def test_inspect_prints_config_tensor_count_and_parameters(mllm_folder, tmp_path, capsys):
     out = tmp_path / "dla.safetensors"
     main(["init-dla", "--mllm", str(mllm_folder), "--out", str(out)])

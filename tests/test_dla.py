@@ -81,6 +81,76 @@ def test_image_first_fusion_puts_image_tokens_first():
     assert torch.equal(image_first.tokens[0, n_image:n_image + n_text], text_first.tokens[0, :n_text])
 
 
+def test_sequence_fusion_keeps_the_mllm_token_order():
+    dla = make_dla(fuse="sequence")
+    features = make_features()
+    per_token = features.hidden_states.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
+    with torch.no_grad():
+        out = dla(features)
+        for sample, row in enumerate(LAYOUT):
+            expected = []
+            for index, kind in enumerate(row):
+                if kind in "ti":
+                    lap = dla.lap_text if kind == "t" else dla.lap_image
+                    expected.append(dla.output_proj(lap(per_token[sample, index:index + 1]))[0])
+            expected = torch.stack(expected)  # [valid tokens, context_width]
+            assert torch.allclose(out.tokens[sample, : len(expected)], expected, atol=1e-6)
+    assert out.token_mask.tolist() == [[True] * 7, [True] * 4 + [False] * 3]
+
+
+def test_sequence_fusion_is_a_permutation_of_text_first_fusion():
+    features = make_features()
+    with torch.no_grad():
+        text_first = make_dla(seed=5)(features)
+        sequence = make_dla(seed=5, fuse="sequence")(features)
+    for sample, row in enumerate(LAYOUT):
+        valid = [index for index, kind in enumerate(row) if kind in "ti"]
+        concat_order = positions(row, "t") + positions(row, "i")
+        # output slot of each valid position under text-first fusion, listed in sequence order
+        slot = [concat_order.index(index) for index in valid]
+        assert torch.equal(sequence.tokens[sample, : len(valid)], text_first.tokens[sample, slot])
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_sequence_fusion_with_identity_init_returns_the_selected_layer_at_the_valid_positions_in_order(layer):
+    dla = make_dla(init="identity", identity_layer=layer, lap_width=WIDTH, lap_input_norm=False, context_width=WIDTH,
+                   pooled_width=0, fuse="sequence")
+    features = make_features()
+    with torch.no_grad():
+        out = dla(features)
+    for sample, row in enumerate(LAYOUT):
+        valid = [index for index, kind in enumerate(row) if kind in "ti"]
+        assert torch.equal(out.tokens[sample, : len(valid)], features.hidden_states[sample, layer, valid])
+        assert torch.equal(out.tokens[sample, len(valid):], torch.zeros(out.tokens.shape[1] - len(valid), WIDTH))
+    assert out.pooled is None
+
+
+def test_sequence_fusion_never_reads_padding_or_template_positions():
+    dla = make_dla(fuse="sequence")
+    features = make_features()
+    changed = make_features()
+    outside = ~(features.text_mask | features.image_mask)  # [batch, tokens]
+    changed.hidden_states.permute(0, 2, 1, 3)[outside] = torch.randn(int(outside.sum()), LAYERS, WIDTH) * 100
+    with torch.no_grad():
+        before, after = dla(features), dla(changed)
+    assert torch.equal(before.tokens, after.tokens)
+    assert torch.equal(before.pooled, after.pooled)
+    assert torch.equal(before.tokens[1, 4:], torch.zeros(3, 40))
+
+
+def test_sequence_fusion_batched_equals_samples_run_alone():
+    dla = make_dla(fuse="sequence")
+    features = make_features()
+    with torch.no_grad():
+        batched = dla(features)
+        for sample, row in enumerate(LAYOUT):
+            alone_features = make_features([row])
+            alone_features.hidden_states = features.hidden_states[sample:sample + 1]
+            alone = dla(alone_features)
+            valid = int(batched.token_mask[sample].sum())
+            assert torch.allclose(batched.tokens[sample, :valid], alone.tokens[0], atol=1e-6)
+
+
 def test_padding_and_template_positions_never_influence_any_output():
     dla = make_dla()
     features = make_features()
