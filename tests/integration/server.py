@@ -161,7 +161,7 @@ class ComfyServer:
             return "(no log)"
 
     # -- HTTP -----------------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, object]:
+    def request(self, method: str, path: str, body: object | None = None, timeout: float = 120.0) -> tuple[int, object]:
         """One HTTP request; returns (status, parsed JSON or raw bytes). HTTP errors are returned, not raised."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
@@ -196,7 +196,14 @@ class ComfyServer:
         """Poll /history/<id> until the prompt finished (success, error or interrupted)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            history = self.get_json(f"/history/{prompt_id}")
+            try:
+                history = self.get_json(f"/history/{prompt_id}")
+            except (TimeoutError, urllib.error.URLError) as error:
+                # While a prompt loads models on a busy machine the server can answer late;
+                # a slow poll is not what is being tested, a dead server is.
+                if not self.is_alive():
+                    raise ServerError(f"ComfyUI died while running prompt {prompt_id}:\n{self.log_tail()}") from error
+                continue
             entry = history.get(prompt_id) if isinstance(history, dict) else None
             if entry and "status" in entry:  # ComfyUI writes the entry once the prompt is over
                 return entry

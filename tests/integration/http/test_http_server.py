@@ -129,20 +129,37 @@ def _run_and_load_images(server, prompt: dict) -> dict[str, np.ndarray]:
     return images
 
 
-def test_subject_workflow_saves_a_non_constant_image_of_the_latent_size(comfy_server):
-    prompt = shipped_tiny_prompt(SUBJECT)
-    images = _run_and_load_images(comfy_server, prompt)
-    save = node_of(prompt, "SaveImage")
-    assert set(images) == {save}
-    width = prompt[node_of(prompt, "EmptySD3LatentImage")]["inputs"]["width"]
-    assert images[save].shape == (width, width, 3)
-    assert images[save].std() > 1.0  # not a blank image
+@pytest.fixture(scope="module")
+def shipped_run(comfy_server):
+    """Runs a shipped workflow on the tiny models once per module: name -> (prompt, {SaveImage id: image})."""
+    runs = {}
+
+    def run(name: str):
+        if name not in runs:
+            prompt = shipped_tiny_prompt(name)
+            runs[name] = (prompt, _run_and_load_images(comfy_server, prompt))
+        return runs[name]
+
+    return run
 
 
-def test_staging_compare_workflow_saves_two_different_images(comfy_server):
-    prompt = shipped_tiny_prompt(COMPARE)
-    images = _run_and_load_images(comfy_server, prompt)
-    assert len(images) == 2
+@pytest.mark.parametrize("name", [path.stem for path in wf.ui_workflows()])
+def test_shipped_workflow_runs_to_an_image_file_per_save_node(shipped_run, name):
+    prompt, images = shipped_run(name)
+    assert set(images) == set(wf.nodes_of_type(prompt, "SaveImage"))
+
+
+@pytest.mark.parametrize("name", [path.stem for path in wf.ui_workflows()])
+def test_shipped_workflow_images_have_the_latent_size_and_are_not_blank(shipped_run, name):
+    prompt, images = shipped_run(name)
+    latent = prompt[wf.nodes_of_type(prompt, "EmptySD3LatentImage")[0]]["inputs"]
+    for image in images.values():
+        assert image.shape == (latent["height"], latent["width"], 3)
+        assert image.std() > 1.0
+
+
+def test_staging_compare_workflow_saves_two_different_images(shipped_run):
+    _, images = shipped_run(COMPARE)
     off, on = images.values()
     # Same seed, same MLLM conditioning: only the staging (reference latents in stages 2 and 3,
     # "MLLM off" in stage 3) tells the two apart.
