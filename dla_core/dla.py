@@ -53,11 +53,12 @@ class TargetSpec:
     context_width: int  # width of each conditioning token
     pooled_width: int  # width of the pooled vector; 0 = the DiT takes none
     description: str
+    distilled_guidance: bool = True  # the DiT reads a "guidance" value from its conditioning (FLUX-dev/Kontext)
 
 
 TARGETS: dict[str, TargetSpec] = {
     "flux": TargetSpec(4096, 768, "FLUX.1 (T5-XXL token slot 4096 wide, CLIP-L pooled 768)"),
-    "qwen_image": TargetSpec(3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)"),
+    "qwen_image": TargetSpec(3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)", distilled_guidance=False),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 from comfy_api.latest import io
 
 from ..dla_core.checkpoint import load_dla
+from ..dla_core.dla import target_spec
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.staging import strip_padding
 from .model_folders import list_dla_files, resolve_dla_file
@@ -72,7 +73,9 @@ def aggregate_to_conditioning(handle: DLAHandle, features: MLLMFeatures, guidanc
     tokens = _to_conditioning_tensor(strip_padding(output.tokens, output.token_mask))
     null_tokens = _to_conditioning_tensor(strip_padding(null.tokens, null.token_mask))
     off = [[null_tokens, {"pooled_output": _to_conditioning_tensor(null.pooled)}]]
-    values = {"pooled_output": _to_conditioning_tensor(output.pooled), "guidance": guidance, MLLM_OFF_KEY: off}
+    values = {"pooled_output": _to_conditioning_tensor(output.pooled), MLLM_OFF_KEY: off}
+    if target_spec(module.config.target).distilled_guidance:  # Qwen-Image takes none: emit what its native encoder emits
+        values["guidance"] = guidance
     return [[tokens, values]]
 
 

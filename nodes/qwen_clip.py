@@ -112,6 +112,24 @@ def capture_all_layers(modules: dict):
             handle.remove()
 
 
+VISION_PROBE_WEIGHTS = ("patch_embed.proj.weight", "merger.mlp.2.weight")  # first and last layer of the tower
+
+
+def _holds_weights(weight: torch.Tensor) -> bool:
+    """Whether a parameter looks loaded from a file rather than left as ComfyUI allocated it.
+
+    ComfyUI allocates parameters without initialising them; a file without ``visual.*`` keys
+    leaves that memory as it was: zeros (fresh pages) or leftovers (absurd magnitudes,
+    inf/NaN). Loaded weights are finite, moderate and almost all non-zero (fp8 included).
+    """
+    values = weight.detach().float()
+    if not torch.isfinite(values).all():
+        return False
+    if values.abs().max() > 1e4:
+        return False
+    return bool((values != 0).float().mean() > 0.5)
+
+
 def check_vision_tower(modules: dict) -> None:
     """Raise :class:`DLAInputError` when the encoder cannot see images."""
     visual = modules["visual"]
@@ -119,11 +137,12 @@ def check_vision_tower(modules: dict) -> None:
            "(ComfyUI's qwen_2.5_vl_7b_fp8_scaled.safetensors does), or connect no images.")
     if visual is None:
         raise DLAInputError("This Qwen2.5 text encoder has no vision tower. " + fix)
-    weight = visual.patch_embed.proj.weight
-    if weight.dtype.is_floating_point and weight.element_size() >= 2:
-        sample = weight.detach().flatten()[:4096].float()
-        # A file without visual.* keys leaves ComfyUI's never-initialised (zero) parameters.
-        if not torch.isfinite(sample).all() or not sample.abs().sum():
+    for name in VISION_PROBE_WEIGHTS:
+        try:
+            weight = visual.get_parameter(name)
+        except AttributeError:
+            raise DLAInputError(f"This ComfyUI's Qwen2.5-VL vision tower has no '{name}'; update the DLA pack.") from None
+        if not _holds_weights(weight):
             raise DLAInputError("The vision tower of this Qwen2.5-VL text encoder holds no weights (the file lacks visual.*). " + fix)
 
 

@@ -17,12 +17,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROMPT = "Put the cat from Picture 1 on the sofa from Picture 2"
 
 
-def _load_clip(path, clip_type: str = "QWEN_IMAGE"):
+def _load_clip(path, clip_type: str = "QWEN_IMAGE", **config):
     import comfy.sd
 
     return comfy.sd.load_clip(
         [str(path)], clip_type=getattr(comfy.sd.CLIPType, clip_type),
-        model_options={COMFY_TE_MODEL_OPTIONS_KEY: dict(TINY_TE_CONFIG)},
+        model_options={COMFY_TE_MODEL_OPTIONS_KEY: {**TINY_TE_CONFIG, **config}},
     )
 
 
@@ -114,15 +114,41 @@ def test_identity_dla_reproduces_native_qwen_image_conditioning(two_reference_ru
     init_dla = _pack("dla_core.checkpoint").init_dla
     MLLMSpec = _pack("dla_core.spec").MLLMSpec
 
-    if "sequence" not in dla_module.FUSE_MODES:
-        pytest.skip("dla_core.dla has no fuse='sequence' (token order kept); requested in notes/H7_requests.md")
+    assert "sequence" in dla_module.FUSE_MODES
     native, _, features = two_reference_run
     spec = MLLMSpec(family=features.family, num_layers=features.num_layers, width=features.width, name="tiny")
     module = init_dla(spec, target="qwen_image", init="identity", identity_layer=-1, fuse="sequence",
                       context_width=features.width, lap_pool="weighted")
     with torch.no_grad():
         output = module(features)
+    assert output.pooled is None and output.token_mask.all()
     assert torch.equal(output.tokens.to(native[0][0].dtype), native[0][0])
+
+
+def test_dla_aggregate_node_with_identity_dla_emits_native_qwen_image_conditioning(comfy, two_reference_run):
+    """DLALoader + DLAAggregate (the nodes a graph uses) give exactly native's tensor and native's keys.
+
+    The only extra key is the DLA's "MLLM off" conditioning the staged sampler reads; Qwen-Image
+    takes no distilled guidance, so none is added (native adds none either).
+    """
+    init_dla = _pack("dla_core.checkpoint").init_dla
+    save_dla = _pack("dla_core.checkpoint").save_dla
+    MLLMSpec = _pack("dla_core.spec").MLLMSpec
+    dla_nodes = _pack("nodes.dla_nodes")
+    mllm_off_key = _pack("nodes.types").MLLM_OFF_KEY
+
+    native, _, features = two_reference_run
+    spec = MLLMSpec(family=features.family, num_layers=features.num_layers, width=features.width, name="tiny")
+    module = init_dla(spec, target="qwen_image", init="identity", identity_layer=-1, fuse="sequence",
+                      context_width=features.width, lap_pool="weighted")
+    name = "tiny_identity_qwen_image.safetensors"
+    save_dla(module, comfy.base_dir / "extra_dla" / name)  # extra_model_paths.yaml's dla folder
+    handle = dla_nodes.DLALoader.execute(name).result[0]
+    conditioning = dla_nodes.DLAAggregate.execute(handle, features, 2.5).result[0]
+    assert len(conditioning) == 1
+    assert torch.equal(conditioning[0][0], native[0][0])
+    assert set(conditioning[0][1]) == set(native[0][1]) | {mllm_off_key}
+    assert "guidance" not in conditioning[0][1]
 
 
 def test_identity_dla_for_another_width_is_rejected_with_a_fix(two_reference_run):
@@ -180,7 +206,8 @@ def test_qwen25vl_without_vision_tower_gives_a_clear_error(pack, input_error, qw
 
 def test_clip_of_another_type_gives_a_clear_error(pack, input_error, qwen_clip_text_only_fp8):
     path, _ = qwen_clip_text_only_fp8
-    hunyuan = _load_clip(path, "HUNYUAN_IMAGE")
+    # HunyuanImage reads a layer 3 from the end: build one more layer than the tiny file holds (only the type matters here).
+    hunyuan = _load_clip(path, "HUNYUAN_IMAGE", num_hidden_layers=TINY_TE_CONFIG["num_hidden_layers"] + 1)
     with pytest.raises(input_error, match="qwen_image"):
         pack.DLAQwenCLIPJointEncode.execute(hunyuan, PROMPT)
 
@@ -195,6 +222,8 @@ def test_comfy_internals_the_layer_capture_reads_are_where_expected(pack, qwen_c
     modules = pack.comfy_qwen_modules(qwen_clip)
     assert len(modules["layers"]) == TINY_TE_CONFIG["num_hidden_layers"]
     assert modules["visual"] is not None
+    for name in pack.VISION_PROBE_WEIGHTS:  # what the vision-tower check reads
+        assert pack._holds_weights(modules["visual"].get_parameter(name)), name
     tokens = qwen_clip.tokenize("a red ball")
     ids = torch.tensor([[t for t, _ in tokens["qwen25_7b"][0]]])
     with pack.capture_all_layers(modules) as records:
