@@ -10,6 +10,10 @@
   ``visual.blocks.0...``), which ``CLIPLoader`` type ``qwen_image`` detects as Qwen2.5-VL-7B
   from ``model.layers.0.self_attn.k_proj.bias`` being 512 wide (4 KV heads x 128).
 
+* :func:`build_tiny_qwen_image_vae`: Qwen-Image's VAE (``qwen_image_vae.safetensors``, the
+  Wan 2.1 causal 3D VAE layout ``VAELoader`` detects). ComfyUI fixes its config, so it is full
+  size (~127M parameters) with random weights.
+
 ComfyUI fixes the text encoder's config (3584 wide, 28 layers, vocabulary 152064: 7B
 parameters) whatever the file holds; the only way to a smaller language model is the
 ``model_options`` entry :data:`COMFY_TE_MODEL_OPTIONS_KEY` = :data:`TINY_TE_CONFIG`, which
@@ -185,4 +189,103 @@ def build_tiny_qwen_image_dit(path: str | Path, seed: int = 0, dtype: torch.dtyp
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_qwen_image_dit_state_dict(seed, dtype, num_blocks), str(path))
+    return path
+
+
+# --- VAE (qwen_image_vae.safetensors = Wan 2.1 VAE layout) ---------------------------------
+# ComfyUI's VAELoader detects this layout from ``decoder.middle.0.residual.0.gamma`` and
+# builds it with a fixed config (base width 96, widths x1/x2/x4/x4, 2 residual blocks per
+# level), so the smallest file it loads is full size: ~127M parameters (~254 MB in bf16).
+VAE_DIM = 96
+VAE_DIM_MULT = (1, 2, 4, 4)
+VAE_RES_BLOCKS = 2
+VAE_TEMPORAL_DOWNSAMPLE = (False, True, True)
+VAE_Z_DIM = 16
+
+
+def tiny_qwen_image_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """State dict of a random Qwen-Image VAE (Wan 2.1 causal 3D VAE) in ComfyUI's key layout.
+
+    Residual branches are scaled down so the random network keeps activations O(1) and its
+    decoded images are finite, non-constant and depend on the latent.
+    """
+    rand = _Random(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, out_c: int, in_c: int, kernel: tuple[int, ...], gain: float = 1.0) -> None:
+        fan_in = in_c
+        for k in kernel:
+            fan_in *= k
+        state[f"{name}.weight"] = rand.normal((out_c, in_c, *kernel), gain * fan_in ** -0.5)
+        state[f"{name}.bias"] = torch.zeros(out_c)
+
+    def rms_gamma(name: str, channels: int, dims: int = 3) -> None:
+        state[f"{name}.gamma"] = torch.ones((channels,) + (1,) * dims)
+
+    def residual(name: str, in_c: int, out_c: int) -> None:
+        rms_gamma(f"{name}.residual.0", in_c)
+        conv(f"{name}.residual.2", out_c, in_c, (3, 3, 3))
+        rms_gamma(f"{name}.residual.3", out_c)
+        conv(f"{name}.residual.6", out_c, out_c, (3, 3, 3), gain=0.2)
+        if in_c != out_c:
+            conv(f"{name}.shortcut", out_c, in_c, (1, 1, 1))
+
+    def attention(name: str, channels: int) -> None:
+        rms_gamma(f"{name}.norm", channels, dims=2)
+        conv(f"{name}.to_qkv", 3 * channels, channels, (1, 1))
+        conv(f"{name}.proj", channels, channels, (1, 1), gain=0.2)
+
+    def middle(prefix: str, channels: int) -> None:
+        residual(f"{prefix}.middle.0", channels, channels)
+        attention(f"{prefix}.middle.1", channels)
+        residual(f"{prefix}.middle.2", channels, channels)
+
+    # Encoder: per level, residual blocks then a (2D or 2D+temporal) downsample, except the last level.
+    dims = [VAE_DIM * m for m in (1,) + VAE_DIM_MULT]
+    conv("encoder.conv1", dims[0], 3, (3, 3, 3))
+    index = 0
+    for level, (in_c, out_c) in enumerate(zip(dims[:-1], dims[1:])):
+        for _ in range(VAE_RES_BLOCKS):
+            residual(f"encoder.downsamples.{index}", in_c, out_c)
+            in_c = out_c
+            index += 1
+        if level != len(VAE_DIM_MULT) - 1:
+            conv(f"encoder.downsamples.{index}.resample.1", out_c, out_c, (3, 3))
+            if VAE_TEMPORAL_DOWNSAMPLE[level]:
+                conv(f"encoder.downsamples.{index}.time_conv", out_c, out_c, (3, 1, 1))
+            index += 1
+    middle("encoder", dims[-1])
+    rms_gamma("encoder.head.0", dims[-1])
+    conv("encoder.head.2", 2 * VAE_Z_DIM, dims[-1], (3, 3, 3))
+    conv("conv1", 2 * VAE_Z_DIM, 2 * VAE_Z_DIM, (1, 1, 1))
+    conv("conv2", VAE_Z_DIM, VAE_Z_DIM, (1, 1, 1))
+
+    # Decoder: mirror image; levels after the first take half the channels an upsample left them.
+    dims = [VAE_DIM * m for m in (VAE_DIM_MULT[-1],) + VAE_DIM_MULT[::-1]]
+    temporal_upsample = VAE_TEMPORAL_DOWNSAMPLE[::-1]
+    conv("decoder.conv1", dims[0], VAE_Z_DIM, (3, 3, 3))
+    middle("decoder", dims[0])
+    index = 0
+    for level, (in_c, out_c) in enumerate(zip(dims[:-1], dims[1:])):
+        if level in (1, 2, 3):
+            in_c //= 2
+        for _ in range(VAE_RES_BLOCKS + 1):
+            residual(f"decoder.upsamples.{index}", in_c, out_c)
+            in_c = out_c
+            index += 1
+        if level != len(VAE_DIM_MULT) - 1:
+            conv(f"decoder.upsamples.{index}.resample.1", out_c // 2, out_c, (3, 3))
+            if temporal_upsample[level]:
+                conv(f"decoder.upsamples.{index}.time_conv", out_c * 2, out_c, (3, 1, 1))
+            index += 1
+    rms_gamma("decoder.head.0", dims[-1])
+    conv("decoder.head.2", 3, dims[-1], (3, 3, 3))
+    return {k: v.to(dtype) for k, v in state.items()}
+
+
+def build_tiny_qwen_image_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write :func:`tiny_qwen_image_vae_state_dict` to ``path``; ``VAELoader`` detects it as Qwen-Image's (Wan 2.1) VAE."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_qwen_image_vae_state_dict(seed, dtype), str(path))
     return path
