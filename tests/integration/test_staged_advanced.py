@@ -82,3 +82,84 @@ def test_tau2_above_tau1_is_a_node_error(comfy, graph):
     # ComfyUI still runs the graph's other (valid) outputs; the staged sampler is reported as a node error.
     assert staged in result.node_errors
     assert "tau2" in json.dumps(result.node_errors[staged])
+
+
+# -- DLAReferenceLatents: any number of references, a VAE resolution each, the method per model ------
+def _reference_node():
+    from qwen_staging_support import pack_module
+
+    return pack_module("nodes.qwen_identity").DLAReferenceLatents
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(comfy, tiny_names):
+    import nodes as comfy_nodes
+
+    return comfy_nodes.VAELoader().load_vae(tiny_names.vae)[0]
+
+
+def _frames(count: int, width: int = 48, height: int = 32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(count)
+    return torch.rand(count, height, width, 3, generator=generator)  # [batch, H, W, C]
+
+
+def _empty_conditioning() -> list:
+    return [[torch.zeros(1, 4, 4096), {"pooled_output": torch.zeros(1, 768)}]]
+
+
+def test_five_references_each_get_a_latent_at_their_own_vae_resolution(tiny_vae):
+    node = _reference_node()
+    # image1 holds 3 frames, image2 2 more: five references, more than the native node's three.
+    out = node.execute(_empty_conditioning(), tiny_vae, 64, "flux_kontext (offset)", "64, 64, 64, 128",
+                       image1=_frames(3), image2=_frames(2)).result[0]
+    latents = out[0][1]["reference_latents"]
+    assert len(latents) == 5
+    # 48x32 scaled to ~side^2 pixels (sides multiple of 8), /8 by the VAE
+    assert [tuple(latent.shape[-2:]) for latent in latents] == [(7, 10)] * 3 + [(13, 20)] * 2
+    assert out[0][1]["reference_latents_method"] == "offset"
+
+
+def test_reference_latents_equal_the_vae_encoding_of_the_resized_reference(tiny_vae):
+    import comfy.utils
+
+    frame = _frames(1, 64, 64)
+    out = _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index", image1=frame).result[0]
+    expected = tiny_vae.encode(comfy.utils.common_upscale(frame.movedim(-1, 1), 64, 64, "area", "disabled").movedim(1, -1))
+    assert torch.equal(out[0][1]["reference_latents"][0], expected)
+    assert out[0][1]["reference_latents_method"] == "index"
+
+
+def test_references_are_appended_to_latents_already_on_the_conditioning(tiny_vae):
+    node = _reference_node()
+    once = node.execute(_empty_conditioning(), tiny_vae, 64, "leave unset", image1=_frames(1)).result[0]
+    twice = node.execute(once, tiny_vae, 64, "leave unset", image1=_frames(2)).result[0]
+    assert len(twice[0][1]["reference_latents"]) == 3
+    assert "reference_latents_method" not in twice[0][1]
+
+
+def test_a_method_this_comfyui_lacks_falls_back_to_index_with_a_warning(tiny_vae, caplog):
+    from qwen_staging_support import pack_module
+
+    available = pack_module("nodes.qwen_identity").available_reference_methods()
+    if "index_timestep_zero" in available:
+        pytest.skip("this ComfyUI implements index_timestep_zero; nothing to fall back from")
+    out = _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "qwen_image_edit_2511 (index_timestep_zero)",
+                                    image1=_frames(1)).result[0]
+    assert out[0][1]["reference_latents_method"] == "index"
+    assert "index_timestep_zero" in caplog.text and "using 'index'" in caplog.text
+
+
+def test_no_reference_image_is_a_clear_error(tiny_vae):
+    from qwen_staging_support import pack_module
+
+    error = pack_module("dla_core.errors").DLAInputError
+    with pytest.raises(error, match="at least one reference image"):
+        _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index")
+
+
+def test_a_bad_per_reference_resolution_list_is_a_clear_error(tiny_vae):
+    from qwen_staging_support import pack_module
+
+    error = pack_module("dla_core.errors").DLAInputError
+    with pytest.raises(error, match="vae_resolutions"):
+        _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index", "64, big", image1=_frames(2))
