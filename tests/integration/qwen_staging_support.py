@@ -13,7 +13,9 @@ def pack_package_name() -> str:
     """Name under which ComfyUI's custom-node loader imported this repository."""
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if file and Path(file).resolve() == REPO_ROOT / "__init__.py":
+        # Only a package works as the parent of ``nodes``: a plain module that happens to be this
+        # file (pytest can import the root __init__.py as "__init__") must not be picked.
+        if file and hasattr(module, "__path__") and Path(file).resolve() == REPO_ROOT / "__init__.py":
             return name
     raise RuntimeError("the DLA pack is not loaded as a ComfyUI custom node in this process")
 
