@@ -40,6 +40,16 @@ TINY_TE_CONFIG = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
 }
+# The smallest text encoder whose output fits the Qwen-Image DiT's fixed 3584-wide text slot:
+# what a Qwen-Image workflow run on tiny models needs (one decoder layer; the 152064 x 3584
+# embedding alone is 0.55B parameters).
+DIT_READY_TE_CONFIG = {
+    "hidden_size": 3584,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+}
 TE_VOCAB = 152064
 TE_HEAD_DIM = 128
 # Vision tower, fixed by ComfyUI's Qwen25_7BVLI.
@@ -144,11 +154,16 @@ def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat
 
 
 def build_tiny_qwen25vl_te(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                           fp8_scaled: bool = False, vision: bool = True, model_dtype: torch.dtype = torch.float32) -> Path:
-    """Write :func:`tiny_qwen25vl_te_state_dict` to ``path`` (a ``.safetensors`` file)."""
+                           fp8_scaled: bool = False, vision: bool = True, model_dtype: torch.dtype = torch.float32,
+                           config: dict | None = None) -> Path:
+    """Write :func:`tiny_qwen25vl_te_state_dict` to ``path`` (a ``.safetensors`` file).
+
+    ``config`` overrides :data:`TINY_TE_CONFIG` (e.g. :data:`DIT_READY_TE_CONFIG`); load the
+    file with the same config under :data:`COMFY_TE_MODEL_OPTIONS_KEY`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, model_dtype=model_dtype), str(path))
+    save_file(tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, config=config, model_dtype=model_dtype), str(path))
     return path
 
 

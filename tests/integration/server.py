@@ -244,6 +244,18 @@ USER_MODEL_NAMES = {
     ("mllm", "InternVL3-8B-hf"): "tiny-internvl",
     ("dla", "dla_internvl3-8b_flux1-dev.safetensors"): "tiny_dla.safetensors",
 }
+# Names in the Qwen-Image-Edit / FLUX Kontext workflows, listed on the server as empty placeholder files so
+# the front end offers them (browser tests). Those workflows need ComfyUI's full-size text encoders through
+# the stock loaders, so they run on real tiny files in tests/integration/test_qwen_kontext_workflows.py.
+LISTED_ONLY_MODEL_NAMES = {
+    ("diffusion_models", "qwen_image_edit_2509_fp8_e4m3fn.safetensors"),
+    ("diffusion_models", "flux1-dev-kontext_fp8_scaled.safetensors"),
+    ("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+    ("text_encoders", "clip_l.safetensors"),
+    ("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
+    ("vae", "qwen_image_vae.safetensors"),
+}
+
 # The reference image the workflows' LoadImage names (written into the server's input/ folder).
 REFERENCE_IMAGE = "dla_subject_reference.png"
 
@@ -261,6 +273,9 @@ def models_tree_with_user_names(tiny_models_dir: Path, dest: Path) -> Path:
             raise ServerError(f"the tiny models tree has no {folder}/{tiny_name} to stand in for {user_name}")
         (dest / folder).mkdir(parents=True, exist_ok=True)
         (dest / folder / user_name).symlink_to(target, target_is_directory=target.is_dir())
+    for folder, user_name in LISTED_ONLY_MODEL_NAMES:
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        (dest / folder / user_name).touch()
     return dest
 
 

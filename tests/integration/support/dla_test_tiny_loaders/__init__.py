@@ -26,9 +26,10 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.append(str(_REPO_ROOT))
 
 from dla_core.tiny.flux_text_encoders import COMFY_MODEL_OPTIONS as _FLUX_TE_OPTIONS  # noqa: E402
-from dla_core.tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG  # noqa: E402
+from dla_core.tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, DIT_READY_TE_CONFIG  # noqa: E402
 
-TINY_TEXT_ENCODER_OPTIONS = {COMFY_TE_MODEL_OPTIONS_KEY: dict(TINY_TE_CONFIG), **_FLUX_TE_OPTIONS}
+# Qwen2.5-VL: the tiny config whose output fits the Qwen-Image DiT (3584 wide); FLUX: CLIP-L + T5.
+TINY_TEXT_ENCODER_OPTIONS = {COMFY_TE_MODEL_OPTIONS_KEY: dict(DIT_READY_TE_CONFIG), **_FLUX_TE_OPTIONS}
 # stock node id -> the test-only id that replaces it in a rewritten workflow
 SUBSTITUTES = {"CLIPLoader": "DLATestTinyCLIPLoader", "DualCLIPLoader": "DLATestTinyDualCLIPLoader"}
 
