@@ -14,6 +14,9 @@ NODE_IDS = [
     "DLAStagedKSampler",
     "DLAStagedGuider",
     "DLAStageConditioning",
+    "DLAQwenCLIPJointEncode",
+    "DLAReferenceLatents",
+    "DLAStagedKSamplerAdvanced",
 ]
 
 
@@ -53,3 +56,13 @@ def test_extra_model_paths_entries_survive_folder_registration(comfy):
     assert any(p.endswith("models/dla") for p in dla_paths)
     mllm_paths = folder_paths.get_folder_paths("mllm")
     assert any(p.endswith("models/mllm") for p in mllm_paths) and any(p.endswith("models/LLM") for p in mllm_paths)
+
+
+def test_the_pack_registers_exactly_the_published_node_ids(comfy):
+    """Node ids are a public contract: a new node must be added to NODE_IDS on purpose, and none may vanish."""
+    pack_ids = {
+        node_id
+        for node_id, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
+        if node_id.startswith("DLA") and getattr(cls, "RELATIVE_PYTHON_MODULE", "").startswith("custom_nodes.")
+    }
+    assert pack_ids == set(NODE_IDS)

@@ -29,6 +29,10 @@ NODE_IDS = [
     "DLAVAEIdentityEncode",
     "DLAStagedKSampler",
     "DLAStagedGuider",
+    "DLAStageConditioning",
+    "DLAQwenCLIPJointEncode",
+    "DLAReferenceLatents",
+    "DLAStagedKSamplerAdvanced",
 ]
 CATEGORY_ROOT = "DLA subject"
 SUBJECT = "dla_flux_subject"
