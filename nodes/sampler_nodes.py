@@ -39,9 +39,11 @@ def make_staged_guider(model, positive, cfg: float, tau1: float, tau2: float, ne
     return guider
 
 
-def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, latent, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> dict:
-    """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with the staged guider."""
-    guider = make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
+def ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise) -> dict:
+    """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with any guider.
+
+    The one execution function of every staged sampler node; a variant only builds its guider.
+    """
     latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = comfy.samplers.KSampler(
@@ -56,6 +58,12 @@ def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, l
     out = latent.copy()
     out["samples"] = samples.to(comfy.model_management.intermediate_device())
     return out
+
+
+def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, latent, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> dict:
+    """The Staged KSampler: :func:`ksample_with_guider` with the DLA's staged guider."""
+    guider = make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
+    return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
 
 
 def _stage_inputs() -> list:

@@ -17,21 +17,16 @@ calls ComfyUI's own ``sampling_function`` on conditionings prepared by ComfyUI's
 """
 from __future__ import annotations
 
-import comfy.model_management
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 import node_helpers
 from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2
-from .sampler_nodes import _validate_taus
+from ..dla_core.staging import ALL_STAGES
+from .sampler_nodes import _validate_taus, ksample_with_guider
 from .staged_sampling import STAGE_COND_KEYS, StagedCFGGuider
 from .types import CATEGORY
-
-ALL_STAGES = (1, 2, 3)
 
 
 def resolve_stage_conditionings(positives: dict, negatives: dict) -> tuple[dict, dict]:
@@ -67,25 +62,11 @@ class PerStageGuider(StagedCFGGuider):
 
 def staged_ksample_advanced(model, seed, steps, cfg, sampler_name, scheduler, latent, denoise, tau1, tau2,
                             positives: dict, negatives: dict) -> dict:
-    """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with per-stage conditioning."""
+    """The advanced Staged KSampler: :func:`ksample_with_guider` with per-stage conditioning."""
     guider = PerStageGuider(model, tau1, tau2)
     guider.set_stage_conds(positives, negatives)
     guider.set_cfg(cfg)
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    sigmas = comfy.samplers.KSampler(
-        model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise,
-        model_options=model.model_options,
-    ).sigmas
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    callback = latent_preview.prepare_callback(model, steps)
-    samples = guider.sample(
-        noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
-    )
-    out = latent.copy()
-    out["samples"] = samples.to(comfy.model_management.intermediate_device())
-    return out
+    return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
 
 
 class DLAStagedKSamplerAdvanced(io.ComfyNode):

@@ -27,9 +27,7 @@ def _registered(comfy):
     register_h7_nodes()
 
 
-def _stage_graph(graph, stage: int, cfg: float):
-    from conftest import add_dla_pipeline
-
+def _stage_graph(add_dla_pipeline, graph, stage: int, cfg: float):
     out = graph.out
     p = add_dla_pipeline(graph)
     refs = graph.add("DLAReferenceLatents", conditioning=out(p.positive), vae=out(p.vae), vae_resolution=64,
@@ -54,8 +52,8 @@ def _stage_graph(graph, stage: int, cfg: float):
 
 
 @pytest.mark.parametrize("stage,cfg", [(1, 1.0), (2, 2.0), (3, 1.0)])
-def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, stage, cfg):
-    staged, native = _stage_graph(graph, stage, cfg)
+def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, dla_pipeline, stage, cfg):
+    staged, native = _stage_graph(dla_pipeline, graph, stage, cfg)
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text
     staged_latent = comfy.output(staged)["samples"]
@@ -63,20 +61,20 @@ def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, st
     assert torch.equal(staged_latent, native_latent)
 
 
-def test_stages_differ_so_the_equality_above_is_not_vacuous(comfy, graph):
-    first_staged, _ = _stage_graph(graph, 1, 1.0)
+def test_stages_differ_so_the_equality_above_is_not_vacuous(comfy, graph, dla_pipeline):
+    first_staged, _ = _stage_graph(dla_pipeline, graph, 1, 1.0)
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text
     stage1 = comfy.output(first_staged)["samples"].clone()
     other = type(graph)()
-    third_staged, _ = _stage_graph(other, 3, 1.0)
+    third_staged, _ = _stage_graph(dla_pipeline, other, 3, 1.0)
     result = comfy.run(other.prompt)
     assert result.success, result.error_text
     assert not torch.equal(stage1, comfy.output(third_staged)["samples"])
 
 
-def test_tau2_above_tau1_is_a_node_error(comfy, graph):
-    staged, _ = _stage_graph(graph, 1, 1.0)
+def test_tau2_above_tau1_is_a_node_error(comfy, graph, dla_pipeline):
+    staged, _ = _stage_graph(dla_pipeline, graph, 1, 1.0)
     graph.prompt[staged]["inputs"].update(tau1=0.5, tau2=0.9)
     result = comfy.run(graph.prompt)
     # ComfyUI still runs the graph's other (valid) outputs; the staged sampler is reported as a node error.
