@@ -153,6 +153,7 @@ async function buildInPage(page, spec) {
     for (const [fromKey, outSlot, toKey, inputName] of spec.links) {
       const from = byKey[fromKey];
       const to = byKey[toKey];
+      if (!from || !to) throw new Error(`link ${fromKey} -> ${toKey}: unknown node key`);
       const inSlot = to.findInputSlot(inputName);
       if (inSlot < 0) throw new Error(`${to.type} has no input ${inputName}: ${to.inputs.map((i) => i.name)}`);
       if (!from.connect(outSlot, to, inSlot)) throw new Error(`cannot connect ${from.type}[${outSlot}] -> ${to.type}.${inputName}`);
@@ -164,9 +165,9 @@ async function buildInPage(page, spec) {
   }, spec);
 }
 
-async function main() {
-  const url = process.argv[2];
-  if (!url) throw new Error('usage: node build_workflows.js <server-url>');
+// Opens the front end at `url`, builds every graph of `workflows` ({name: spec}) and writes
+// workflows/<name>.json and workflows/api/<name>.json. Shared with the Qwen / Kontext builder.
+async function buildWorkflows(url, workflows) {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   try {
     const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
@@ -175,7 +176,7 @@ async function main() {
     await page.waitForFunction(() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 100, null, { timeout: 90000 });
     await page.waitForTimeout(1500);
     fs.mkdirSync(path.join(REPO, 'workflows', 'api'), { recursive: true });
-    for (const [name, spec] of Object.entries(WORKFLOWS)) {
+    for (const [name, spec] of Object.entries(workflows)) {
       const { ui, api } = await buildInPage(page, spec);
       delete ui.extra?.ds; // let the canvas fit the graph when it is opened
       fs.writeFileSync(path.join(REPO, 'workflows', `${name}.json`), JSON.stringify(ui, null, 2) + '\n');
@@ -187,7 +188,21 @@ async function main() {
   }
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+// Runs a builder script: `node <script> <server-url>` builds `workflows`.
+function runBuilder(scriptName, workflows) {
+  const url = process.argv[2];
+  if (!url) {
+    process.stderr.write(`usage: node ${scriptName} <server-url>\n`);
+    process.exit(1);
+  }
+  buildWorkflows(url, workflows).catch((error) => {
+    process.stderr.write(`${error.stack || error}\n`);
+    process.exit(1);
+  });
+}
+
+module.exports = { buildWorkflows, runBuilder };
+
+if (require.main === module) {
+  runBuilder('build_workflows.js', WORKFLOWS);
+}

@@ -7,13 +7,7 @@
 // writes workflows/<name>.json (UI format: app.graph.serialize()) and workflows/api/<name>.json
 //        (API format: app.graphToPrompt().output) for the four graphs below.
 
-const path = require('path');
-const fs = require('fs');
-const { chromium } = require('playwright-core');
-
-const REPO = path.resolve(__dirname, '..', '..', '..');
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'];
+const { runBuilder } = require('../browser/build_workflows.js');
 
 // The files people download for ComfyUI's own Qwen-Image-Edit-2509 and FLUX.1 Kontext templates.
 const FILES = {
@@ -253,65 +247,4 @@ const WORKFLOWS = {
   },
 };
 
-async function buildInPage(page, spec) {
-  return await page.evaluate(async (spec) => {
-    const { app, LiteGraph } = window;
-    app.graph.clear();
-    const byKey = {};
-    for (const n of spec.nodes) {
-      const node = LiteGraph.createNode(n.type);
-      if (!node) throw new Error(`node type ${n.type} is not registered on this server`);
-      app.graph.add(node);
-      node.pos = n.pos;
-      if (n.title) node.title = n.title;
-      for (const [name, value] of Object.entries(n.widgets ?? {})) {
-        const widget = /^\d+$/.test(name) ? node.widgets?.[Number(name)] : node.widgets?.find((w) => w.name === name);
-        if (!widget) throw new Error(`${n.type} has no widget ${name}: ${(node.widgets ?? []).map((w) => w.name)}`);
-        widget.value = value;
-      }
-      const size = node.computeSize();
-      node.setSize([Math.max(size[0], n.size?.[0] ?? 0), Math.max(size[1], n.size?.[1] ?? 0)]);
-      byKey[n.key] = node;
-    }
-    for (const [fromKey, outSlot, toKey, inputName] of spec.links) {
-      const from = byKey[fromKey];
-      const to = byKey[toKey];
-      if (!from || !to) throw new Error(`link ${fromKey} -> ${toKey}: unknown node key`);
-      const inSlot = to.findInputSlot(inputName);
-      if (inSlot < 0) throw new Error(`${to.type} has no input ${inputName}: ${to.inputs.map((i) => i.name)}`);
-      if (!from.connect(outSlot, to, inSlot)) throw new Error(`cannot connect ${from.type}[${outSlot}] -> ${to.type}.${inputName}`);
-    }
-    app.graph.setDirtyCanvas(true, true);
-    const ui = app.graph.serialize();
-    const api = (await app.graphToPrompt()).output;
-    return { ui, api };
-  }, spec);
-}
-
-async function main() {
-  const url = process.argv[2];
-  if (!url) throw new Error('usage: node build_qwen_kontext_workflows.js <server-url>');
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
-  try {
-    const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
-    page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
-    await page.goto(url, { waitUntil: 'domcontentloaded' });
-    await page.waitForFunction(() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 100, null, { timeout: 90000 });
-    await page.waitForTimeout(1500);
-    fs.mkdirSync(path.join(REPO, 'workflows', 'api'), { recursive: true });
-    for (const [name, spec] of Object.entries(WORKFLOWS)) {
-      const { ui, api } = await buildInPage(page, spec);
-      delete ui.extra?.ds; // let the canvas fit the graph when it is opened
-      fs.writeFileSync(path.join(REPO, 'workflows', `${name}.json`), JSON.stringify(ui, null, 2) + '\n');
-      fs.writeFileSync(path.join(REPO, 'workflows', 'api', `${name}.json`), JSON.stringify(api, null, 2) + '\n');
-      process.stdout.write(`wrote workflows/${name}.json and workflows/api/${name}.json\n`);
-    }
-  } finally {
-    await browser.close();
-  }
-}
-
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runBuilder('build_qwen_kontext_workflows.js', WORKFLOWS);
