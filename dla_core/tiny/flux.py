@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .files import write_safetensors
 
 # Fixed by ComfyUI's FLUX detection (comfy/model_detection.py) and by FLUX.1 itself.
 FLUX_HIDDEN = 3072
@@ -119,11 +120,8 @@ def tiny_flux_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, dou
 
 def build_tiny_flux_comfy(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write a random 1+1-block FLUX.1 transformer (BFL layout) that ComfyUI's ``UNETLoader`` loads as FLUX."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = tiny_flux_state_dict(seed=seed, dtype=dtype)
-    save_file(state, str(path), metadata={"format": "pt", "tiny_flux_seed": str(seed)})
-    return path
+    return write_safetensors(path, state, metadata={"format": "pt", "tiny_flux_seed": str(seed)})
 
 
 def _vae_resnet(rand: _RandomWeights, state: dict, name: str, in_channels: int, out_channels: int):
@@ -183,10 +181,7 @@ def tiny_flux_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16)
 
 def build_tiny_flux_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write a random FLUX-architecture VAE (``ae.safetensors`` layout) that ComfyUI's ``VAELoader`` loads."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_flux_vae_state_dict(seed=seed, dtype=dtype), str(path), metadata={"format": "pt"})
-    return path
+    return write_safetensors(path, tiny_flux_vae_state_dict(seed=seed, dtype=dtype), metadata={"format": "pt"})
 
 
 def build_tiny_flux_lora(path: str | Path, flux_path: str | Path, rank: int = 4, seed: int = 0, alpha: float | None = None) -> Path:
@@ -195,8 +190,6 @@ def build_tiny_flux_lora(path: str | Path, flux_path: str | Path, rank: int = 4,
     Both factors are random (not the usual zero ``up``), so applying the LoRA visibly changes
     the model's output, which is what a test of LoRA plumbing needs.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     alpha = float(rank) if alpha is None else float(alpha)
     state: dict[str, torch.Tensor] = {}
@@ -216,5 +209,4 @@ def build_tiny_flux_lora(path: str | Path, flux_path: str | Path, rank: int = 4,
             state[f"{name}.alpha"] = torch.tensor(alpha)
     if not state:
         raise ValueError(f"'{flux_path}' has no FLUX attention/MLP weights to adapt; is it a FLUX transformer in BFL layout?")
-    save_file(state, str(path), metadata={"format": "pt", "rank": str(rank)})
-    return path
+    return write_safetensors(path, state, metadata={"format": "pt", "rank": str(rank)})

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from .files import write_safetensors
 
 CLIP_L_WIDTH = 768  # FLUX's pooled slot
 CLIP_L_VOCAB = 49408
@@ -89,15 +90,9 @@ def tiny_t5xxl_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) ->
 
 def build_tiny_clip_l(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write :func:`tiny_clip_l_state_dict` to ``path`` (.safetensors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_clip_l_state_dict(seed, dtype), str(path))
-    return path
+    return write_safetensors(path, tiny_clip_l_state_dict(seed, dtype))
 
 
 def build_tiny_t5xxl(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write :func:`tiny_t5xxl_state_dict` to ``path`` (.safetensors)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_t5xxl_state_dict(seed, dtype), str(path))
-    return path
+    return write_safetensors(path, tiny_t5xxl_state_dict(seed, dtype))

@@ -28,7 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from .files import write_safetensors
 
 # --- text encoder -------------------------------------------------------------------------
 COMFY_TE_MODEL_OPTIONS_KEY = "qwen25_7b_model_config"
@@ -161,10 +162,7 @@ def build_tiny_qwen25vl_te(path: str | Path, seed: int = 0, dtype: torch.dtype =
     ``config`` overrides :data:`TINY_TE_CONFIG` (e.g. :data:`DIT_READY_TE_CONFIG`); load the
     file with the same config under :data:`COMFY_TE_MODEL_OPTIONS_KEY`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, config=config, model_dtype=model_dtype), str(path))
-    return path
+    return write_safetensors(path, tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, config=config, model_dtype=model_dtype))
 
 
 def tiny_qwen_image_dit_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1) -> dict[str, torch.Tensor]:
@@ -201,10 +199,7 @@ def tiny_qwen_image_dit_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfl
 
 def build_tiny_qwen_image_dit(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1) -> Path:
     """Write :func:`tiny_qwen_image_dit_state_dict` to ``path``; ``UNETLoader`` detects it as Qwen-Image."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_qwen_image_dit_state_dict(seed, dtype, num_blocks), str(path))
-    return path
+    return write_safetensors(path, tiny_qwen_image_dit_state_dict(seed, dtype, num_blocks))
 
 
 # --- VAE (qwen_image_vae.safetensors = Wan 2.1 VAE layout) ---------------------------------
@@ -300,7 +295,4 @@ def tiny_qwen_image_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfl
 
 def build_tiny_qwen_image_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write :func:`tiny_qwen_image_vae_state_dict` to ``path``; ``VAELoader`` detects it as Qwen-Image's (Wan 2.1) VAE."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_qwen_image_vae_state_dict(seed, dtype), str(path))
-    return path
+    return write_safetensors(path, tiny_qwen_image_vae_state_dict(seed, dtype))
