@@ -46,7 +46,7 @@ def _prepare(harness, steps: int):
     if comfy_path is None:
         raise SystemExit(reason)
     cache = os.environ.get("DLA_TINY_MODELS_CACHE") or tempfile.mkdtemp(prefix="dla-bench-models-")
-    models = harness._cached_tree(Path(cache))
+    models = harness._cached_tree(Path(cache), harness.tiny_flux_width(comfy_path))
     base = harness.make_comfy_base_directory(Path(tempfile.mkdtemp(prefix="dla-bench-comfy-")), models)
     runner = harness.ComfyRunner(comfy_path, base, harness._start_comfy_in_process(comfy_path, base))
     graph = harness.Graph()

@@ -156,17 +156,66 @@ def _check_safetensors(files: list[Path]) -> None:
             ) from exc
 
 
-def _check_processor_files(folder: Path) -> None:
+def _check_tokenizer_files(folder: Path) -> None:
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise DLAInputError(
             f"MLLM folder '{folder.name}' has no tokenizer (tokenizer.json / tokenizer_config.json). "
             "Download the tokenizer files of the model too."
         )
-    if not (folder / "preprocessor_config.json").is_file():
+
+
+def _has_image_processor_config(folder: Path) -> bool:
+    """Whether the folder describes an image processor in either layout transformers writes.
+
+    transformers 4.x saves it as ``preprocessor_config.json``; transformers 5 saves it as the
+    ``"image_processor"`` entry of ``processor_config.json`` (and no preprocessor_config.json).
+    """
+    import json
+
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    try:
+        processor_config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(processor_config, dict) and isinstance(processor_config.get("image_processor"), dict)
+
+
+def _no_image_processor_error(folder: Path) -> DLAInputError:
+    return DLAInputError(
+        f"MLLM folder '{folder.name}' has no image processor (preprocessor_config.json) and its "
+        "processor_config.json has no \"image_processor\" entry (the transformers 5 layout). "
+        "Download the processor files of the model too."
+    )
+
+
+def _load_processor(folder: Path):
+    """The folder's own processor (``AutoProcessor``, local files only), checked to be vision-language.
+
+    Accepts whichever processor layout the installed transformers can load (4.x
+    ``preprocessor_config.json`` or the transformers 5 ``processor_config.json`` holding the image
+    processor); a folder that has neither gets a clear error.
+    """
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        if not _has_image_processor_config(folder):
+            raise _no_image_processor_error(folder) from exc
         raise DLAInputError(
-            f"MLLM folder '{folder.name}' has no image processor (preprocessor_config.json). "
-            "Download the processor files of the model too."
+            f"Cannot load the processor/tokenizer of MLLM folder '{folder.name}': {exc}. "
+            "The folder needs the model's tokenizer and processor files (tokenizer.json, processor_config.json "
+            "and/or preprocessor_config.json)."
+        ) from exc
+    if getattr(processor, "image_processor", None) is None and hasattr(processor, "tokenizer"):
+        raise _no_image_processor_error(folder)
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise DLAInputError(
+            f"MLLM folder '{folder.name}' loads a {type(processor).__name__}, not a vision-language processor. "
+            "Download the processor files (preprocessor_config.json, processor_config.json) of the model."
         )
+    return processor
 
 
 def load_mllm(folder: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> LoadedMLLM:
@@ -182,21 +231,8 @@ def load_mllm(folder: str | Path, dtype: str | torch.dtype = "auto", device: str
     torch_dtype = resolve_dtype(dtype, _folder_dtype(folder))
     weights = _weight_files(folder)
     _check_safetensors(weights)
-    _check_processor_files(folder)
-    from transformers import AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
-    except Exception as exc:
-        raise DLAInputError(
-            f"Cannot load the processor/tokenizer of MLLM folder '{folder.name}': {exc}. "
-            "The folder needs the model's tokenizer and processor files (tokenizer.json, preprocessor_config.json...)."
-        ) from exc
-    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
-        raise DLAInputError(
-            f"MLLM folder '{folder.name}' loads a {type(processor).__name__}, not a vision-language processor. "
-            "Download the processor files (preprocessor_config.json, processor_config.json) of the model."
-        )
+    _check_tokenizer_files(folder)
+    processor = _load_processor(folder)
     if not getattr(processor, "chat_template", None):
         raise DLAInputError(
             f"MLLM folder '{folder.name}' has no chat template (chat_template.jinja / chat_template.json). "

@@ -71,6 +71,22 @@ def comfy_qwen_modules(clip) -> dict:
     return {"transformer": transformer, "layers": layers, "norm": norm, "visual": getattr(transformer, "visual", None)}
 
 
+def layer_hidden(output) -> torch.Tensor:
+    """The hidden state a decoder layer returned: newer ComfyUI returns ``(x, present_key_value)``."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def snapshot(output) -> torch.Tensor:
+    """A float32 copy of a layer's hidden state, taken now.
+
+    Newer ComfyUI's decoder layers write their result into their input buffer in place
+    (``torch.add(residual, x, out=x)``), so every layer's output is the same tensor object,
+    overwritten by the next layer: keeping a reference instead of a copy would store the
+    last layer n times. ``copy=True`` also copies when the state is already float32.
+    """
+    return layer_hidden(output).detach().to(torch.float32, copy=True)
+
+
 @contextlib.contextmanager
 def capture_all_layers(modules: dict):
     """Record, for every forward of the encoder inside the block, all hidden states.
@@ -89,15 +105,15 @@ def capture_all_layers(modules: dict):
         current.update(embeds_info=list(kwargs.get("embeds_info", []) or []), states=[])
 
     def on_first_layer(_module, args, kwargs):
-        current["states"].append(kwargs["x"] if "x" in kwargs else args[0])
+        current["states"].append(snapshot(kwargs["x"] if "x" in kwargs else args[0]))
 
     def on_layer(_module, _args, output):
-        current["states"].append(output)
+        current["states"].append(snapshot(output))
 
     def on_norm(_module, _args, output):
         if "states" in current and len(current["states"]) == len(layers) + 1:
-            states = current["states"][:-1] + [output]  # final normed output replaces the last raw one
-            records.append({"hidden": torch.stack([s.float() for s in states], dim=1), "embeds_info": current["embeds_info"]})
+            states = current["states"][:-1] + [snapshot(output)]  # final normed output replaces the last raw one
+            records.append({"hidden": torch.stack(states, dim=1), "embeds_info": current["embeds_info"]})
             current.clear()
 
     layers = modules["layers"]

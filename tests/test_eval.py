@@ -16,7 +16,8 @@ from dla_core.eval import METRICS, collect_items, evaluate, format_table
 def _build_tiny_clip(folder: Path) -> Path:
     """CLIPModel + CLIPProcessor with a byte-level BPE vocabulary (no merges) written offline."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    from dla_core.tiny.mllm import bytes_to_unicode  # the same table as CLIP's
 
     import torch
 

@@ -85,7 +85,14 @@ def test_missing_tokenizer_is_named(broken_copy):
 
 
 def test_missing_image_processor_is_named(broken_copy):
-    (broken_copy / "preprocessor_config.json").unlink()
+    # transformers 4.x writes preprocessor_config.json, transformers 5 an "image_processor" entry in
+    # processor_config.json (see test_mllm_processor_layouts.py): remove whichever the folder has
+    (broken_copy / "preprocessor_config.json").unlink(missing_ok=True)
+    combined = broken_copy / "processor_config.json"
+    if combined.is_file():
+        config = json.loads(combined.read_text())
+        config.pop("image_processor", None)
+        combined.write_text(json.dumps(config))
     with pytest.raises(DLAInputError, match=r"no image processor \(preprocessor_config\.json\)"):
         load_mllm(broken_copy)
 

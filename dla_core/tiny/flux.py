@@ -79,11 +79,21 @@ class _RandomWeights:
         state[f"{name}.bias"] = torch.zeros(channels, dtype=self.dtype)
 
 
-def tiny_flux_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, double_blocks: int = 1, single_blocks: int = 1) -> dict[str, torch.Tensor]:
-    """FLUX.1 transformer weights in BFL's key layout: ``double_blocks`` + ``single_blocks`` deep, random."""
+def tiny_flux_state_dict(
+    seed: int = 0, dtype: torch.dtype = torch.bfloat16, double_blocks: int = 1, single_blocks: int = 1,
+    hidden: int = FLUX_HIDDEN,
+) -> dict[str, torch.Tensor]:
+    """FLUX.1 transformer weights in BFL's key layout: ``double_blocks`` + ``single_blocks`` deep, random.
+
+    ``hidden`` must be a multiple of the 128-wide head. ComfyUI 0.3.64 ignores the file's width
+    and builds 3072 (so only the default loads there); newer ComfyUI derives width and head count
+    from ``img_in``/``txt_in``, so e.g. 256 (2 heads) gives a FLUX of a few MB.
+    """
+    if hidden % FLUX_HEAD_DIM:
+        raise ValueError(f"hidden={hidden} is not a multiple of FLUX's head size {FLUX_HEAD_DIM}")
     rand = _RandomWeights(seed, dtype)
     state: dict[str, torch.Tensor] = {}
-    hidden = FLUX_HIDDEN
+    mlp = 4 * hidden
     patch_features = FLUX_LATENT_CHANNELS * FLUX_PATCH * FLUX_PATCH  # 64
     # Modulation weights are small so each block's gated residual stays a perturbation.
     modulation_gain = 0.1
@@ -102,13 +112,13 @@ def tiny_flux_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, dou
             rand.ones(state, f"{block}.{stream}_attn.norm.query_norm.scale", FLUX_HEAD_DIM)
             rand.ones(state, f"{block}.{stream}_attn.norm.key_norm.scale", FLUX_HEAD_DIM)
             rand.linear(state, f"{block}.{stream}_attn.proj", hidden, hidden)
-            rand.linear(state, f"{block}.{stream}_mlp.0", FLUX_MLP, hidden)
-            rand.linear(state, f"{block}.{stream}_mlp.2", hidden, FLUX_MLP)
+            rand.linear(state, f"{block}.{stream}_mlp.0", mlp, hidden)
+            rand.linear(state, f"{block}.{stream}_mlp.2", hidden, mlp)
 
     for index in range(single_blocks):
         block = f"single_blocks.{index}"
-        rand.linear(state, f"{block}.linear1", 3 * hidden + FLUX_MLP, hidden)
-        rand.linear(state, f"{block}.linear2", hidden, hidden + FLUX_MLP)
+        rand.linear(state, f"{block}.linear1", 3 * hidden + mlp, hidden)
+        rand.linear(state, f"{block}.linear2", hidden, hidden + mlp)
         rand.ones(state, f"{block}.norm.query_norm.scale", FLUX_HEAD_DIM)
         rand.ones(state, f"{block}.norm.key_norm.scale", FLUX_HEAD_DIM)
         rand.linear(state, f"{block}.modulation.lin", 3 * hidden, hidden, gain=modulation_gain)
@@ -118,9 +128,11 @@ def tiny_flux_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, dou
     return state
 
 
-def build_tiny_flux_comfy(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+def build_tiny_flux_comfy(
+    path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, hidden: int = FLUX_HIDDEN
+) -> Path:
     """Write a random 1+1-block FLUX.1 transformer (BFL layout) that ComfyUI's ``UNETLoader`` loads as FLUX."""
-    state = tiny_flux_state_dict(seed=seed, dtype=dtype)
+    state = tiny_flux_state_dict(seed=seed, dtype=dtype, hidden=hidden)
     return write_safetensors(path, state, metadata={"format": "pt", "tiny_flux_seed": str(seed)})
 
 

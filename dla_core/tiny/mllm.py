@@ -64,11 +64,25 @@ QWEN_VL_SPECIAL_TOKENS = {
 }
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies (CLIP's is the same).
+
+    The 188 printable Latin-1 bytes ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves; the other 68
+    bytes (controls, space, DEL, NBSP, soft hyphen) map to chr(256), chr(257), ... in byte order,
+    so space is 'Ġ' and newline 'Ċ'. Written here because transformers keeps it in private modules.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {byte: chr(byte) for byte in printable}
+    for byte in range(256):
+        if byte not in table:
+            table[byte] = chr(256 + len(table) - len(printable))
+    return table  # GPT-2's order (printable bytes first): the tiny vocabularies' token ids follow it
+
+
 def _byte_level_tokenizer(extra_special_tokens: dict[str, str]):
     """A fast byte-level BPE tokenizer with no merges (every byte is one token) + special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
     byte_chars = list(bytes_to_unicode().values())
     vocab = {char: index for index, char in enumerate(byte_chars)}

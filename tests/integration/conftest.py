@@ -84,8 +84,28 @@ def comfyui_path() -> Path:
 
 
 # ----------------------------------------------------------------------------- tiny models
-def build_tiny_models_tree(models_dir: str | Path) -> Path:
-    """Write the tiny models in ComfyUI's ``models/`` layout under ``models_dir``; returns it."""
+def tiny_flux_width(comfy_path: Path | None) -> int:
+    """Width of the tiny FLUX for this ComfyUI: 256 where ComfyUI reads it from the weights, else 3072.
+
+    ComfyUI 0.3.64 fixes FLUX's hidden size at 3072 whatever the file holds; newer ComfyUI derives
+    width and head count from ``img_in``/``txt_in``. Decided from the detection code itself, so a
+    ComfyUI that changes it again picks the right tiny model.
+    """
+    from dla_core.tiny.flux import FLUX_HIDDEN
+
+    if comfy_path is None:
+        return FLUX_HIDDEN
+    detection = Path(comfy_path) / "comfy" / "model_detection.py"
+    text = detection.read_text(encoding="utf-8") if detection.is_file() else ""
+    derives = 'dit_config["hidden_size"] = w.shape[0]' in text
+    return 256 if derives else FLUX_HIDDEN
+
+
+def build_tiny_models_tree(models_dir: str | Path, flux_hidden: int | None = None) -> Path:
+    """Write the tiny models in ComfyUI's ``models/`` layout under ``models_dir``; returns it.
+
+    ``flux_hidden``: width of the tiny FLUX (default 3072, the only width ComfyUI 0.3.64 loads).
+    """
     from dla_core.checkpoint import init_dla, save_dla
     from dla_core.cli import main as dla_cli
     from dla_core.spec import MLLMSpec, read_mllm_spec
@@ -93,7 +113,8 @@ def build_tiny_models_tree(models_dir: str | Path) -> Path:
     from dla_core.tiny.mllm import build_tiny_internvl, build_tiny_qwen25vl
 
     models = Path(models_dir)
-    flux = build_tiny_flux_comfy(models / "diffusion_models" / TINY_FLUX, seed=0)
+    flux_kwargs = {} if flux_hidden is None else {"hidden": flux_hidden}
+    flux = build_tiny_flux_comfy(models / "diffusion_models" / TINY_FLUX, seed=0, **flux_kwargs)
     build_tiny_flux_vae(models / "vae" / TINY_VAE, seed=0)
     build_tiny_flux_lora(models / "loras" / TINY_LORA, flux, rank=4)
     mllm = build_tiny_internvl(models / "mllm" / TINY_MLLM, seed=0)
@@ -111,8 +132,8 @@ def build_tiny_models_tree(models_dir: str | Path) -> Path:
     return models
 
 
-def _cached_tree(root: Path) -> Path:
-    models = root / f"tiny-models-v{TINY_TREE_VERSION}"
+def _cached_tree(root: Path, flux_hidden: int) -> Path:
+    models = root / f"tiny-models-v{TINY_TREE_VERSION}-flux{flux_hidden}"
     marker = models / ".complete"
     if not marker.is_file():
         if models.exists():
@@ -120,19 +141,22 @@ def _cached_tree(root: Path) -> Path:
         staging = root / f".tiny-models-building-{os.getpid()}"
         if staging.exists():
             shutil.rmtree(staging)
-        build_tiny_models_tree(staging)
+        build_tiny_models_tree(staging, flux_hidden=flux_hidden)
         (staging / ".complete").write_text(TINY_TREE_VERSION)
         staging.rename(models)
     return models
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    """A ComfyUI ``models/`` tree with the tiny models, built once per session (or reused from the cache)."""
+def tiny_models_dir(comfyui_path, tmp_path_factory) -> Path:
+    """A ComfyUI ``models/`` tree with the tiny models, built once per session (or reused from the cache).
+
+    The tiny FLUX is as narrow as this ComfyUI allows (:func:`tiny_flux_width`).
+    """
     cache = os.environ.get("DLA_TINY_MODELS_CACHE")
     root = Path(cache) if cache else tmp_path_factory.mktemp("tiny-models")
     root.mkdir(parents=True, exist_ok=True)
-    return _cached_tree(root)
+    return _cached_tree(root, tiny_flux_width(comfyui_path))
 
 
 def write_reference_image(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:

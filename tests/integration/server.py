@@ -346,7 +346,7 @@ if __name__ == "__main__":  # serve by hand: python tests/integration/server.py 
         harness = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = harness  # its dataclasses look their module up
         spec.loader.exec_module(harness)
-        tiny = harness.build_tiny_models_tree(Path(tempfile.mkdtemp(prefix="dla-tiny-models-")))
+        tiny = harness.build_tiny_models_tree(Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), harness.tiny_flux_width(comfyui))
     server = acquire_server(comfyui, tiny)
     print(f"ComfyUI with the pack on {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
     try:

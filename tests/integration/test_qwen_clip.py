@@ -94,6 +94,27 @@ def test_features_hold_every_layer_and_the_last_equals_native_conditioning(two_r
     assert not torch.allclose(features.hidden_states[:, 1], features.hidden_states[:, -1])
 
 
+def test_every_captured_layer_equals_comfyuis_own_output_of_that_layer(pack, qwen_clip):
+    """Layer k of the capture == what this ComfyUI returns for ``clip_layer(k - 1)`` (raw hidden state, no norm).
+
+    Newer ComfyUI's decoder layers write into their input buffer in place; a capture that keeps
+    references instead of copies holds the last layer everywhere and fails here. The reference is
+    the native node of the same ComfyUI, never numbers stored from another version.
+    """
+    from comfy_extras.nodes_qwen import TextEncodeQwenImageEditPlus
+
+    reference = _image(64, 48, 0)
+    _, features = pack.DLAQwenCLIPJointEncode.execute(qwen_clip, PROMPT, image1=reference).result
+    decoder_layers = TINY_TE_CONFIG["num_hidden_layers"]
+    for index in range(decoder_layers - 1):  # the last decoder layer's slot holds the final normed output
+        clip = qwen_clip.clone()
+        clip.clip_layer(index)
+        native = TextEncodeQwenImageEditPlus.execute(clip, PROMPT, None, reference, None, None).result[0]
+        assert torch.equal(features.hidden_states[:, index + 1], native[0][0]), f"decoder layer {index}"
+    for index in range(decoder_layers):
+        assert not torch.equal(features.hidden_states[:, index], features.hidden_states[:, index + 1]), index
+
+
 def test_feature_masks_mark_each_reference_span_as_image_and_the_rest_as_text(two_reference_run):
     from dla_core.qwen_template import qwen_vl_image_tokens, scaled_size
 
