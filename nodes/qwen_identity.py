@@ -18,7 +18,9 @@ from ..dla_core.errors import DLAInputError
 from ..dla_core.qwen_template import NATIVE_VAE_SIDE, VAE_SIZE_MULTIPLE, parse_resolution_list, resolve_reference_method, scaled_size
 from .qwen_clip import CATEGORY, MAX_REFERENCE_INPUTS, _reference_list, _resize
 
+MODEL_OWN_METHOD = "model's own method (leave unset)"
 METHOD_CHOICES = (
+    MODEL_OWN_METHOD,
     "qwen_image_edit_2509 (index)",
     "qwen_image_edit_2511 (index_timestep_zero)",
     "flux_kontext (offset)",
@@ -26,8 +28,9 @@ METHOD_CHOICES = (
     "offset",
     "uxo",
     "index_timestep_zero",
-    "leave unset",
+    "leave unset",  # the same as MODEL_OWN_METHOD; kept so graphs saved with it still load
 )
+UNSET_CHOICES = (MODEL_OWN_METHOD, "leave unset")
 _MODEL_OF_CHOICE = {
     "qwen_image_edit_2509 (index)": "qwen_image_edit_2509",
     "qwen_image_edit_2511 (index_timestep_zero)": "qwen_image_edit_2511",
@@ -54,9 +57,18 @@ def available_reference_methods() -> tuple[str, ...]:
 
 
 def choose_method(choice: str) -> tuple[str | None, str]:
-    """The method to set for a ``reference_latents_method`` choice, and a note when it was degraded."""
-    if choice == "leave unset":
+    """The method to set for a ``reference_latents_method`` choice, and a note when it was degraded.
+
+    ``None`` for the model's own method: nothing is written, so the model uses the method its
+    checkpoint declares (newer ComfyUI reads e.g. ``index_timestep_zero`` from Qwen-Image-Edit-2511's
+    weights; writing ``index`` would override it).
+    """
+    if choice in UNSET_CHOICES:
         return None, ""
+    if choice not in METHOD_CHOICES:
+        raise DLAInputError(
+            f"reference_latents_method '{choice}' is not one of this node's options ({', '.join(METHOD_CHOICES)})."
+        )
     model = _MODEL_OF_CHOICE.get(choice, choice)
     requested = "auto" if choice in _MODEL_OF_CHOICE else choice
     return resolve_reference_method(requested, model, available_reference_methods())
@@ -103,8 +115,10 @@ class DLAReferenceLatents(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "reference_latents_method", options=list(METHOD_CHOICES), default=METHOD_CHOICES[0],
-                    tooltip="How the DiT places the references. Qwen-Image-Edit-2509: index; 2511: index_timestep_zero "
-                            "(falls back to index, with a warning, on a ComfyUI that lacks it); FLUX Kontext: offset.",
+                    tooltip="How the DiT places the references. Default: the model's own method (nothing is written; "
+                            "newer ComfyUI reads it from the checkpoint, e.g. index_timestep_zero for Qwen-Image-Edit-2511). "
+                            "Override: Qwen-Image-Edit-2509: index; 2511: index_timestep_zero (falls back to index, with a "
+                            "warning, on a ComfyUI that lacks it); FLUX Kontext: offset.",
                 ),
                 io.String.Input(
                     "vae_resolutions", default="", optional=True,

@@ -197,9 +197,17 @@ def tiny_qwen_image_dit_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfl
     return {k: v.to(dtype) for k, v in state.items()}
 
 
-def build_tiny_qwen_image_dit(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1) -> Path:
-    """Write :func:`tiny_qwen_image_dit_state_dict` to ``path``; ``UNETLoader`` detects it as Qwen-Image."""
-    return write_safetensors(path, tiny_qwen_image_dit_state_dict(seed, dtype, num_blocks))
+def build_tiny_qwen_image_dit(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1,
+                              index_timestep_zero: bool = False) -> Path:
+    """Write :func:`tiny_qwen_image_dit_state_dict` to ``path``; ``UNETLoader`` detects it as Qwen-Image.
+
+    ``index_timestep_zero``: add the empty ``__index_timestep_zero__`` marker of Qwen-Image-Edit-2511's
+    file, from which newer ComfyUI sets the model's own reference method to ``index_timestep_zero``.
+    """
+    state = tiny_qwen_image_dit_state_dict(seed, dtype, num_blocks)
+    if index_timestep_zero:
+        state["__index_timestep_zero__"] = torch.zeros(0, dtype=dtype)
+    return write_safetensors(path, state)
 
 
 # --- VAE (qwen_image_vae.safetensors = Wan 2.1 VAE layout) ---------------------------------

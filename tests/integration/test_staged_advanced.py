@@ -135,18 +135,6 @@ def test_references_are_appended_to_latents_already_on_the_conditioning(tiny_vae
     assert "reference_latents_method" not in twice[0][1]
 
 
-def test_a_method_this_comfyui_lacks_falls_back_to_index_with_a_warning(tiny_vae, caplog):
-    from qwen_staging_support import pack_module
-
-    available = pack_module("nodes.qwen_identity").available_reference_methods()
-    if "index_timestep_zero" in available:
-        pytest.skip("this ComfyUI implements index_timestep_zero; nothing to fall back from")
-    out = _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "qwen_image_edit_2511 (index_timestep_zero)",
-                                    image1=_frames(1)).result[0]
-    assert out[0][1]["reference_latents_method"] == "index"
-    assert "index_timestep_zero" in caplog.text and "using 'index'" in caplog.text
-
-
 def test_no_reference_image_is_a_clear_error(tiny_vae):
     from qwen_staging_support import pack_module
 
