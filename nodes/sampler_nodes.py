@@ -1,6 +1,8 @@
 """Staged KSampler, Staged Guider and Stage Conditioning: the paper's three-stage schedule."""
 from __future__ import annotations
 
+import inspect
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -39,12 +41,37 @@ def make_staged_guider(model, positive, cfg: float, tau1: float, tau2: float, ne
     return guider
 
 
+LATENT_SIZE_TAGS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+
+
+def fit_empty_latent(model, latent: dict):
+    """``latent["samples"]`` made fit for ``model`` exactly as this ComfyUI's KSampler does.
+
+    Newer ComfyUI's empty-latent nodes tag the latent with the VAE downscale it assumed
+    (``downscale_ratio_spacial``), and the KSampler resizes an empty latent to the model's own
+    ratio (e.g. 8 -> 16 for FLUX.2); older ComfyUI has neither tags nor the resize.
+    """
+    fix = comfy.sample.fix_empty_latent_channels
+    parameters = inspect.signature(fix).parameters
+    tags = [latent.get(tag) for tag in LATENT_SIZE_TAGS if tag in parameters]
+    return fix(model, latent["samples"], *tags)
+
+
+def sampled_latent(latent: dict, samples) -> dict:
+    """The output LATENT: the input's other keys, no size tags (the samples now fit the model), native device/dtype."""
+    out = {key: value for key, value in latent.items() if key not in LATENT_SIZE_TAGS}
+    dtype = getattr(comfy.model_management, "intermediate_dtype", None)
+    kwargs = {"dtype": dtype()} if dtype is not None else {}
+    out["samples"] = samples.to(device=comfy.model_management.intermediate_device(), **kwargs)
+    return out
+
+
 def ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise) -> dict:
     """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with any guider.
 
     The one execution function of every staged sampler node; a variant only builds its guider.
     """
-    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    latent_image = fit_empty_latent(model, latent)
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = comfy.samplers.KSampler(
         model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise, model_options=model.model_options
@@ -55,9 +82,7 @@ def ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, lat
         noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
     )
-    out = latent.copy()
-    out["samples"] = samples.to(comfy.model_management.intermediate_device())
-    return out
+    return sampled_latent(latent, samples)
 
 
 def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, latent, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> dict:
