@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 
 import comfy.model_management
-import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
@@ -12,6 +11,7 @@ from ..dla_core.checkpoint import load_dla
 from ..dla_core.dla import target_spec
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.staging import strip_padding
+from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_dla_files, resolve_dla_file
 from .types import CATEGORY, DLA, MLLM_FEATURES, MLLM_OFF_KEY, DLAHandle, expect
 
@@ -22,10 +22,9 @@ CONDITIONING_DTYPE = torch.float32  # what ComfyUI's text encoders hand to sampl
 def load_managed_dla(file_name: str) -> DLAHandle:
     """Load a DLA checkpoint from ``models/dla`` (fp32, offload device) and wrap it in a ModelPatcher."""
     path = resolve_dla_file(file_name)
-    load_device = comfy.model_management.text_encoder_device()
-    offload_device = comfy.model_management.text_encoder_offload_device()
+    _, offload_device = run_devices("default")
     module = load_dla(path, device=offload_device, dtype=torch.float32)
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+    patcher = manage(module, "default", f"DLA '{os.path.basename(path)}'")
     return DLAHandle(patcher=patcher, module=module, file_name=os.path.basename(path))
 
 
@@ -66,7 +65,7 @@ def aggregate_to_conditioning(handle: DLAHandle, features: MLLMFeatures, guidanc
     """
     module = handle.module
     module.check_compatible(features)  # before any weight moves: a mismatch is a user error, not an OOM
-    comfy.model_management.load_models_gpu([handle.patcher])
+    load_whole(handle.patcher)
     with torch.inference_mode():
         output = module(features)
         null = module.null_conditioning(features.batch_size)

@@ -1,16 +1,14 @@
 """MLLM Loader and MLLM Joint Encode: an HF-format VLM read as ComfyUI-managed model."""
 from __future__ import annotations
 
-import logging
-
 import comfy.model_management
-import comfy.model_patcher
 import torch
 from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
 from ..dla_core.images import to_pil_list
-from ..dla_core.mllm import encode_joint, load_mllm
+from ..dla_core.mllm import LoadedMLLM, encode_joint, load_mllm
+from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_mllm_folders, resolve_mllm_folder
 from .types import CATEGORY, MLLM, MLLM_FEATURES, MLLMHandle, expect
 
@@ -28,22 +26,18 @@ class _ManagedModule(torch.nn.Module):
         self.device = device
 
 
-def _devices(policy: str) -> tuple[torch.device, torch.device]:
-    offload = comfy.model_management.text_encoder_offload_device()
-    if policy == "cpu":
-        return torch.device("cpu"), offload
-    if policy == "gpu":
-        return comfy.model_management.get_torch_device(), offload
-    return comfy.model_management.text_encoder_device(), offload
-
-
 def load_managed_mllm(name: str, dtype: str, device_policy: str) -> MLLMHandle:
     """Load MLLM folder ``name`` on the offload device and wrap it in a ModelPatcher."""
     folder = resolve_mllm_folder(name)
-    load_device, offload_device = _devices(device_policy)
-    loaded = load_mllm(folder, dtype=dtype, device=offload_device)
-    patcher = comfy.model_patcher.ModelPatcher(_ManagedModule(loaded.model, offload_device), load_device=load_device, offload_device=offload_device)
-    logging.info("DLA: loaded MLLM '%s' (%s, %s); runs on %s", loaded.name, loaded.spec.describe(), loaded.dtype, load_device)
+    _, offload_device = run_devices(device_policy)
+    return manage_mllm(load_mllm(folder, dtype=dtype, device=offload_device), device_policy)
+
+
+def manage_mllm(loaded: LoadedMLLM, device_policy: str) -> MLLMHandle:
+    """Put a loaded MLLM on the offload device in a whole-model patcher (what the loader outputs; benchmarks too)."""
+    _, offload_device = run_devices(device_policy)
+    holder = _ManagedModule(loaded.model, offload_device)
+    patcher = manage(holder, device_policy, f"MLLM '{loaded.name}' ({loaded.spec.describe()}, {loaded.dtype})")
     return MLLMHandle(patcher=patcher, loaded=loaded)
 
 
@@ -86,7 +80,7 @@ def encode_with_managed_mllm(handle: MLLMHandle, prompt: str, references: list[t
     """Load the MLLM through model management, encode jointly, return features on the intermediate device."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise DLAInputError("The prompt is empty. Write an instruction, e.g. 'the dog from the picture running on a beach'.")
-    comfy.model_management.load_models_gpu([handle.patcher])
+    load_whole(handle.patcher)
     features = encode_joint(handle.loaded, prompt, references, image_size=image_size or None)
     return features.to(device=comfy.model_management.intermediate_device())
 

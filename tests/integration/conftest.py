@@ -2,9 +2,9 @@
 
 Reusable pieces (also for the HTTP-server and browser tests):
 
-* :func:`find_comfyui` -- the ComfyUI checkout to test against: ``$COMFYUI_PATH``,
-  ``/opt/ComfyUI``, or the ComfyUI whose ``custom_nodes/`` holds this repository.
-  The ``comfyui_path`` fixture skips (with the reason) when there is none.
+* :func:`find_comfyui` -- the ComfyUI checkout to test against: ``$COMFYUI_PATH``, the
+  ComfyUI whose ``custom_nodes/`` holds this repository, or ``/opt/ComfyUI``.
+  The ``comfyui_path`` fixture skips (with the reason) when there is none; under ``CI=true`` it fails.
 * :func:`build_tiny_models_tree` -- writes a ComfyUI ``models/`` tree with tiny random
   models: ``diffusion_models/tiny_flux.safetensors`` (FLUX, BFL layout),
   ``vae/tiny_ae.safetensors``, ``loras/tiny_flux_lora.safetensors``,
@@ -52,34 +52,25 @@ EXTRA_DLA_DIR = "extra_dla"  # registered through extra_model_paths.yaml, must s
 
 
 # ----------------------------------------------------------------------------- ComfyUI location
-def _is_comfyui(path: Path) -> bool:
-    return (path / "main.py").is_file() and (path / "comfy").is_dir() and (path / "nodes.py").is_file()
-
-
 def find_comfyui() -> tuple[Path | None, str]:
-    """``(path, "")`` of the ComfyUI to test with, or ``(None, reason)`` when there is none."""
-    tried = []
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        if _is_comfyui(Path(env)):
-            return Path(env).resolve(), ""
-        tried.append(f"$COMFYUI_PATH={env} (not a ComfyUI checkout)")
-    default = Path("/opt/ComfyUI")
-    if _is_comfyui(default):
-        return default, ""
-    tried.append(str(default))
-    if REPO_ROOT.parent.name == "custom_nodes" and _is_comfyui(REPO_ROOT.parent.parent):
-        return REPO_ROOT.parent.parent, ""
-    tried.append("the ComfyUI this repository is installed in (none: not under custom_nodes/)")
-    return None, "no ComfyUI found; tried " + ", ".join(tried) + ". Set COMFYUI_PATH to a ComfyUI checkout."
+    """``(path, "")`` of the ComfyUI to test with, or ``(None, reason)`` when there is none.
+
+    ``$COMFYUI_PATH``, else the ComfyUI whose ``custom_nodes/`` holds this repository, else
+    ``/opt/ComfyUI`` (tests/ci_guard.py, shared with server.py and the session's version line).
+    """
+    import ci_guard
+
+    return ci_guard.find_comfyui()
 
 
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
-    """The ComfyUI checkout; skips the test with the reason when there is none."""
+    """The ComfyUI checkout; skips the test with the reason when there is none (fails instead under ``CI=true``)."""
     path, reason = find_comfyui()
     if path is None:
-        pytest.skip(reason)
+        import ci_guard
+
+        ci_guard.skip_or_fail(reason)
     return path
 
 
@@ -241,16 +232,31 @@ class PromptResult:
         return "\n".join(parts)
 
 
+def make_executor(execution, server, cache: str = "CLASSIC", cache_args: dict | None = None):
+    """``execution.PromptExecutor`` with cache type ``cache`` (a ``CacheType`` name), as ``main.py`` builds it.
+
+    Newer ComfyUI reads ``cache_args`` (``lru``, ``ram``, ``ram_inactive`` in GB) on every prompt;
+    0.3.64 takes ``lru`` only.
+    """
+    import inspect
+
+    kwargs = {"cache_type": execution.CacheType[cache]}
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        kwargs["cache_args"] = {"lru": 0, "ram": 0, "ram_inactive": 0, **(cache_args or {})}
+    return execution.PromptExecutor(server, **kwargs)
+
+
 class ComfyRunner:
     """Queues API-format prompts through one ``PromptExecutor`` (validation first, as the server does)."""
 
-    def __init__(self, comfy_path: Path, base_dir: Path, modules: dict):
+    def __init__(self, comfy_path: Path, base_dir: Path, modules: dict, cache: str = "CLASSIC", cache_args: dict | None = None):
         self.comfy_path = comfy_path
         self.base_dir = base_dir
         self.execution = modules["execution"]
         self.nodes = modules["nodes"]
+        self.modules = modules
         self.server = _ServerStub()
-        self.executor = self.execution.PromptExecutor(self.server, cache_type=self.execution.CacheType.CLASSIC)
+        self.executor = make_executor(self.execution, self.server, cache, cache_args)
 
     def run(self, prompt: dict) -> PromptResult:
         """Validate and execute ``prompt``; never raises for node errors (they are in the result)."""
@@ -267,6 +273,8 @@ class ComfyRunner:
     def output(self, node_id: str, index: int = 0):
         """Cached output ``index`` of node ``node_id`` from the last prompts (first list item)."""
         entry = self.executor.caches.outputs.get(str(node_id))
+        if asyncio.iscoroutine(entry):  # newer ComfyUI's caches are async
+            entry = asyncio.run(entry)
         if entry is None:
             raise KeyError(f"node {node_id} has no cached output")
         outputs = entry.outputs if hasattr(entry, "outputs") else entry

@@ -11,12 +11,16 @@ PACK_NODE_MODULES = ("qwen_clip", "qwen_identity", "staged_advanced")
 
 def pack_package_name() -> str:
     """Name under which ComfyUI's custom-node loader imported this repository."""
+    candidates = []
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         # Only a package works as the parent of ``nodes``: a plain module that happens to be this
-        # file (pytest can import the root __init__.py as "__init__") must not be picked.
+        # file (pytest can import the root __init__.py as "__init__" or by the folder's name) must not
+        # be picked; the copy ComfyUI's loader imported sits under a custom_nodes/ folder.
         if file and hasattr(module, "__path__") and Path(file).resolve() == REPO_ROOT / "__init__.py":
-            return name
+            candidates.append((0 if "custom_nodes" in Path(file).parts else 1, name))
+    if candidates:
+        return min(candidates)[1]
     raise RuntimeError("the DLA pack is not loaded as a ComfyUI custom node in this process")
 
 
