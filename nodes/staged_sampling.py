@@ -72,6 +72,21 @@ def stage_conditionings(positive: list, negative: list | None, identity: Referen
     return {stage: (positives[stage], negatives[stage]) for stage in ALL_STAGES}
 
 
+def reference_kv_caches(model_patcher) -> list:
+    """ComfyUI's ``FluxKVCache`` patches on this model (newer ComfyUI; an attention patch named ``KV_Attn_Input``)."""
+    options = getattr(model_patcher, "model_options", {}) or {}
+    patches = options.get("transformer_options", {}).get("patches", {})
+    return [patch for patch in patches.get("attn1_patch", []) if type(patch).__name__ == "KV_Attn_Input"]
+
+
+KV_CACHE_MESSAGE = (
+    "This model goes through 'Flux KV Cache', which keeps the reference images' keys/values from the first step "
+    "that sees them, whatever text produced them; stages {stages} of this schedule all carry references with "
+    "different conditioning, so later stages would reuse the wrong keys/values. Remove the Flux KV Cache node, or "
+    "use a schedule with references in only one stage (tau2 = 0: no stage 3; or tau1 = tau2: no stage 2)."
+)
+
+
 def normalised_time(model_sampling, sigma) -> float:
     """Model time in [0, 1] of a sigma: ``timestep(sigma) / timestep(sigma_max)`` (= sigma for FLUX)."""
     t_max = float(model_sampling.timestep(model_sampling.sigma_max))
@@ -121,12 +136,26 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
                     "(e.g. ConditioningZeroOut of the positive) or set cfg to 1 (FLUX.1-dev uses 1)."
                 )
 
+    def _stages_with_references(self, stages: tuple[int, ...]) -> list[int]:
+        found = []
+        for stage in stages:
+            conds = [self.original_conds.get(key) or [] for key in STAGE_COND_KEYS[stage]]
+            if any("reference_latents" in cond for group in conds for cond in group):
+                found.append(stage)
+        return found
+
+    def _check_kv_cache(self, stages: tuple[int, ...]) -> None:
+        with_references = self._stages_with_references(stages)
+        if len(with_references) > 1 and reference_kv_caches(self.model_patcher):
+            raise DLAInputError(KV_CACHE_MESSAGE.format(stages=" and ".join(map(str, with_references))))
+
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         if sigmas.shape[-1] == 0:
             return latent_image
         times = [self._time(sigma) for sigma in sigmas.flatten()]
         stages = stages_in_range(max(times), min(times), self.tau1, self.tau2)
         self._check_stages(stages)
+        self._check_kv_cache(stages)
         logging.info(
             "DLA staged sampling (tau1=%s, tau2=%s): %s", self.tau1, self.tau2, describe_schedule(times, self.tau1, self.tau2)
         )
