@@ -190,14 +190,33 @@ def load_flux_transformer(path: str | Path, dtype: torch.dtype = torch.float32, 
         if not (sub / "config.json").exists():
             raise DLAInputError(f"{path} has no config.json: pass a diffusers FluxTransformer2DModel folder.")
         return FluxTransformer2DModel.from_pretrained(sub, torch_dtype=dtype, local_files_only=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        if config is None:
-            config = write_config_folder(tmp, flux_config_from_bfl_checkpoint(path), "FluxTransformer2DModel")
-        elif (Path(config) / "transformer" / "config.json").exists():
-            config = Path(config) / "transformer"
-        return FluxTransformer2DModel.from_single_file(
-            str(path), config=str(config), torch_dtype=dtype, local_files_only=True
-        )
+    if config is None:
+        config_dict = flux_config_from_bfl_checkpoint(path)
+    else:
+        folder = Path(config) / "transformer" if (Path(config) / "transformer" / "config.json").exists() else Path(config)
+        config_dict = json.loads((folder / "config.json").read_text())
+    return _flux_from_bfl_file(path, config_dict, dtype)
+
+
+def _flux_from_bfl_file(path: Path, config: dict, dtype: torch.dtype):
+    """A diffusers FLUX transformer from a BFL-layout file, converted at any width (see dla_core.flux_checkpoint)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import load_file
+
+    from ..flux_checkpoint import bfl_flux_to_diffusers
+
+    raw = load_file(str(path))
+    prefix, _ = _strip_prefix({key: () for key in raw})
+    with init_empty_weights():
+        model = FluxTransformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    try:
+        state = bfl_flux_to_diffusers({k[len(prefix):]: v.to(dtype) for k, v in raw.items() if k.startswith(prefix)})
+        del raw
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, KeyError) as exc:
+        raise DLAInputError(f"{path.name} does not match a FLUX.1 transformer of its inferred size: {exc}") from exc
+    return model.to(dtype).eval()
 
 
 def load_flux_vae(path: str | Path, dtype: torch.dtype = torch.float32, config: str | Path | None = None):
