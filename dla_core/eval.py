@@ -184,7 +184,7 @@ class Embedder:
                 vectors = self.dino(**inputs).last_hidden_state[:, 0]  # [batch, width] CLS token
             else:
                 inputs = self.clip_processor(images=pixels, return_tensors="pt").to(self.device)
-                vectors = self.clip.get_image_features(**inputs)  # [batch, projection]
+                vectors = _projected(self.clip.get_image_features(**inputs))  # [batch, projection]
             vectors = torch.nn.functional.normalize(vectors.float(), dim=-1).cpu()
             for path, vector in zip(chunk, vectors):
                 self._cache[(kind, str(path))] = vector
@@ -194,8 +194,16 @@ class Embedder:
     def texts(self, prompts: list[str]) -> torch.Tensor:
         """[len(prompts), projection] unit CLIP text vectors (prompts truncated to CLIP's 77 tokens)."""
         inputs = self.clip_processor(text=prompts, return_tensors="pt", padding=True, truncation=True).to(self.device)
-        vectors = self.clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        vectors = _projected(
+            self.clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+        )
         return torch.nn.functional.normalize(vectors.float(), dim=-1).cpu()
+
+
+def _projected(output) -> torch.Tensor:
+    """CLIP's projected embeddings: transformers 4.x ``get_*_features`` return the tensor, transformers 5
+    a ``BaseModelOutputWithPooling`` whose ``pooler_output`` holds the same projected tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 def _check_model_dir(folder, flag: str) -> None:

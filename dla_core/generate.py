@@ -154,6 +154,18 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def embedded_folder_name(seed: int = 0) -> str:
+    """Cache folder of the embedded models, keyed by the transformers major version that builds them.
+
+    A tiny MLLM folder saved by transformers 5 does not load in transformers 4.x (its tokenizer_config.json
+    lists ``extra_special_tokens`` in the 5.x format), so two environments sharing one cache each get their own.
+    """
+    import transformers
+
+    major = transformers.__version__.split(".")[0]
+    return f"selftest-v{EMBEDDED_VERSION}-transformers{major}-seed{seed}"
+
+
 def build_embedded_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """Build (once) the embedded self-test models under ``folder``; returns their paths.
 
@@ -166,7 +178,7 @@ def build_embedded_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     from .tiny.diffusers_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae
     from .tiny.mllm import build_tiny_internvl
 
-    folder = Path(folder) / f"selftest-v{EMBEDDED_VERSION}-seed{seed}"
+    folder = Path(folder) / embedded_folder_name(seed)
     paths = {"flux": folder / "flux", "vae": folder / "vae", "mllm": folder / "mllm", "dla": folder / "dla.safetensors"}
     if (folder / "complete").is_file():
         return paths

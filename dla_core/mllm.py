@@ -9,12 +9,14 @@ forward runs, in the model's dtype.
 Layer convention (identical to transformers' ``output_hidden_states=True`` tuple of the
 multimodal backbone, ``model.model``): layer 0 is the input of the first decoder layer
 (token embeddings with the image features merged in), layer k (1 <= k < N) the input of
-decoder layer k (= the output of decoder layer k, plus Qwen3-VL's deepstack visual features
+decoder layer k (= the output of decoder layer k-1, plus Qwen3-VL's deepstack visual features
 where the model adds them), layer N (the last) the output of the final norm. For InternVL
 and Qwen2.5-VL this also equals ``model(...)``'s tuple; Qwen3-VL's
 ``Qwen3VLForConditionalGeneration`` in transformers 4.57 returns the last decoder output
 *before* the final norm as its last entry, unlike its own backbone: we follow the backbone,
-so the last layer is always post-norm for every family.
+so the last layer is always post-norm for every family. transformers 5 records Qwen3-VL's
+deepstack layers before the deepstack addition (4.x added it in place into the recorded
+tensor); the capture here is the same on both: what decoder layer k reads.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from .spec import MLLMSpec, read_mllm_spec
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _CONFIG_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 MAX_IMAGE_SIZE = 4096  # px; an MLLM-side reference resolution beyond this is surely a typo
-_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+# mm_token_type_ids: transformers 5 Qwen-VL processors return it and the models need it for M-RoPE
+_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 _PROMPT_SENTINEL = "\u2063DLA-PROMPT\u2063"  # invisible separator; never in a real prompt
 
 
@@ -81,6 +84,12 @@ def _model_class(family: str):
             "Upgrade transformers (pip install -U transformers) to use this model family."
         )
     return cls
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
 
 
 def resolve_dtype(dtype: str | torch.dtype, folder_dtype: torch.dtype | None) -> torch.dtype:
@@ -164,21 +173,23 @@ def _check_tokenizer_files(folder: Path) -> None:
         )
 
 
-def _has_image_processor_config(folder: Path) -> bool:
-    """Whether the folder describes an image processor in either layout transformers writes.
+def _image_processor_entry(folder: Path) -> tuple[str, dict] | None:
+    """(file, settings) of the folder's image processor in either layout transformers writes, or None.
 
     transformers 4.x saves it as ``preprocessor_config.json``; transformers 5 saves it as the
     ``"image_processor"`` entry of ``processor_config.json`` (and no preprocessor_config.json).
     """
     import json
 
-    if (folder / "preprocessor_config.json").is_file():
-        return True
-    try:
-        processor_config = json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(processor_config, dict) and isinstance(processor_config.get("image_processor"), dict)
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        entry = data.get(key) if key and isinstance(data, dict) else data
+        if isinstance(entry, dict):
+            return name, entry
+    return None
 
 
 def _no_image_processor_error(folder: Path) -> DLAInputError:
@@ -189,32 +200,49 @@ def _no_image_processor_error(folder: Path) -> DLAInputError:
     )
 
 
+def _plain_size(size) -> dict:
+    items = size.items() if isinstance(size, dict) else vars(size).items() if hasattr(size, "__dict__") else ()
+    return {key: value for key, value in items if value is not None}
+
+
 def _load_processor(folder: Path):
     """The folder's own processor (``AutoProcessor``, local files only), checked to be vision-language.
 
-    Accepts whichever processor layout the installed transformers can load (4.x
-    ``preprocessor_config.json`` or the transformers 5 ``processor_config.json`` holding the image
-    processor); a folder that has neither gets a clear error.
+    Both processor layouts are accepted when the installed transformers loads them: 4.x
+    ``preprocessor_config.json`` and transformers 5's ``processor_config.json`` holding the image
+    processor. A folder with neither gets a clear error (an AutoProcessor given no image processor
+    settings may silently build one with the family's defaults, so the files are checked first).
     """
+    import transformers
     from transformers import AutoProcessor
 
+    found = _image_processor_entry(folder)
+    if found is None:
+        raise _no_image_processor_error(folder)
+    source, entry = found
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        if not _has_image_processor_config(folder):
-            raise _no_image_processor_error(folder) from exc
         raise DLAInputError(
-            f"Cannot load the processor/tokenizer of MLLM folder '{folder.name}': {exc}. "
-            "The folder needs the model's tokenizer and processor files (tokenizer.json, processor_config.json "
-            "and/or preprocessor_config.json)."
+            f"Cannot load the processor/tokenizer of MLLM folder '{folder.name}' with transformers "
+            f"{transformers.__version__}: {exc}. The folder needs the model's tokenizer and processor files "
+            "(tokenizer.json, processor_config.json and/or preprocessor_config.json); a folder saved by a newer "
+            "transformers may need that version (pip install -U transformers)."
         ) from exc
-    if getattr(processor, "image_processor", None) is None and hasattr(processor, "tokenizer"):
-        raise _no_image_processor_error(folder)
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise DLAInputError(
             f"MLLM folder '{folder.name}' loads a {type(processor).__name__}, not a vision-language processor. "
             "Download the processor files (preprocessor_config.json, processor_config.json) of the model."
         )
+    if source == "processor_config.json" and "size" in entry:
+        # A transformers that does not read the transformers 5 layout would fall back to default settings.
+        loaded = _plain_size(getattr(processor.image_processor, "size", None) or {})
+        if loaded != _plain_size(entry["size"]):
+            raise DLAInputError(
+                f"transformers {transformers.__version__} did not read the image processor settings that MLLM "
+                f"folder '{folder.name}' keeps in processor_config.json (the transformers 5 layout): it uses size "
+                f"{loaded}, the folder says {entry['size']}. Upgrade transformers (pip install -U transformers)."
+            )
     return processor
 
 
@@ -347,6 +375,10 @@ def _prepare_images(mllm: LoadedMLLM, images: list, image_size: int | None) -> t
         return images, {"max_patches": max(1, round(image_size / tile)) ** 2}
     factor = int(image_processor.patch_size) * int(image_processor.merge_size)
     pixels = max(image_size * image_size, factor * factor)
+    if _transformers_major() >= 5:
+        # transformers 5 deprecates the min_pixels / max_pixels call kwargs for the same pixel bounds in size;
+        # transformers 4.57's processor call does not pass a size on to the Qwen image processor.
+        return images, {"size": {"shortest_edge": pixels, "longest_edge": pixels}}
     return images, {"min_pixels": pixels, "max_pixels": pixels}
 
 

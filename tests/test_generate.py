@@ -45,6 +45,23 @@ def test_embedded_default_writes_a_png_and_says_weights_are_random(images, cache
     assert "schedule: step" in printed
 
 
+def test_embedded_cache_is_keyed_by_the_transformers_major_version(cache_dir):
+    """A tiny MLLM saved by transformers 5 does not load in 4.x: environments sharing a cache must not share it."""
+    import json
+
+    import transformers
+
+    from dla_core.generate import EMBEDDED_VERSION, build_embedded_models
+
+    major = transformers.__version__.split(".")[0]
+    paths = build_embedded_models(cache_dir)
+    folder = paths["mllm"].parent
+    assert folder.name == f"selftest-v{EMBEDDED_VERSION}-transformers{major}-seed0"
+    assert (folder / "complete").is_file()
+    saved_by = json.loads((paths["mllm"] / "config.json").read_text())["transformers_version"]
+    assert saved_by.split(".")[0] == major
+
+
 def test_two_images_get_numbered_files(images, cache_dir, tmp_path):
     code = generate("--reference", images["rgb"], "--prompt", "the robot", "--out", tmp_path / "out.png",
                     "--steps", 1, "--width", 32, "--height", 32, "--num-images", 2, "--cache-dir", cache_dir, "--no-progress")

@@ -26,6 +26,13 @@ def _hf_inputs(mllm, features_prompt, images):
     return mllm.processor(text=[text], images=images, return_tensors="pt")
 
 
+def _image_features(output) -> torch.Tensor:
+    """``get_image_features``' merged image tokens: transformers 4.x returns them (a tuple per image for
+    Qwen-VL), transformers 5 a model output whose ``pooler_output`` holds the same."""
+    features = output if isinstance(output, (torch.Tensor, tuple, list)) else output.pooler_output
+    return torch.cat(features) if isinstance(features, (tuple, list)) else features
+
+
 def test_layer_count_is_embedding_plus_each_decoder_layer(mllm, make_reference):
     features = encode_joint(mllm, PROMPT, [make_reference()])
     decoders = len(mllm.model.model.language_model.layers)
@@ -44,13 +51,39 @@ def test_all_layers_equal_transformers_output_hidden_states(mllm, make_reference
         assert torch.equal(features.hidden_states[0, layer], expected[0]), f"layer {layer} differs"
 
 
+def _deepstack_features(backbone, inputs) -> list[torch.Tensor]:
+    """Qwen3-VL's deepstack visual features, one [image tokens, width] tensor per deepstack layer.
+
+    transformers 4.x ``get_image_features`` returns ``(image_embeds, deepstack_embeds)``; transformers 5 a
+    model output with ``deepstack_features`` (per deepstack layer, a tuple with one tensor per image).
+    """
+    output = backbone.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    layers = output[1] if isinstance(output, tuple) else output.deepstack_features
+    return [torch.cat(layer) if isinstance(layer, (tuple, list)) else layer for layer in layers]
+
+
 def test_qwen3vl_layers_equal_backbone_output_hidden_states(tiny_qwen3vl_dir, make_reference):
+    import transformers
+
     mllm = load_mllm(tiny_qwen3vl_dir, dtype="fp32")
     image = make_reference()
     features = encode_joint(mllm, PROMPT, [image])
+    inputs = _hf_inputs(mllm, PROMPT, [image])
+    backbone = mllm.model.model
     with torch.no_grad():
-        reference = mllm.model.model(**_hf_inputs(mllm, PROMPT, [image]), output_hidden_states=True).hidden_states
+        reference = list(backbone(**inputs, output_hidden_states=True).hidden_states)
+        deepstack = _deepstack_features(backbone, inputs)
     assert len(reference) == features.hidden_states.shape[1]
+    assert len(deepstack) == 1 and deepstack[0].shape == (int(features.image_mask.sum()), mllm.spec.width)
+    # Layer k is what decoder layer k reads: decoder k-1's output plus the deepstack features Qwen3-VL adds to the
+    # image tokens after the first decoders. transformers 4.x reported exactly that (it added them in place into
+    # the recorded tensor); transformers 5 records decoder k-1's output before the addition, so add them here.
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        image_positions = features.image_mask[0]
+        for index, visual in enumerate(deepstack):
+            layer = reference[index + 1].clone()
+            layer[0, image_positions, :] = layer[0, image_positions, :] + visual
+            reference[index + 1] = layer
     for layer, expected in enumerate(reference):
         assert torch.equal(features.hidden_states[0, layer], expected[0]), f"layer {layer} differs"
 
@@ -63,13 +96,13 @@ def test_layer0_is_token_embeddings_with_image_features_merged(mllm, make_refere
     with torch.no_grad():
         embeddings = backbone.get_input_embeddings()(inputs["input_ids"])  # [1, tokens, width]
         if mllm.family == "internvl":
-            image_features = backbone.get_image_features(
+            image_features = _image_features(backbone.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=mllm.model.config.vision_feature_layer,
                 vision_feature_select_strategy=mllm.model.config.vision_feature_select_strategy,
-            )
+            ))
         else:
-            image_features = torch.cat(backbone.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+            image_features = _image_features(backbone.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
     image_positions = features.image_mask[0]
     expected = embeddings[0].clone()
     expected[image_positions] = image_features.reshape(-1, expected.shape[-1])

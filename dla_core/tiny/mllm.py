@@ -104,6 +104,15 @@ def _byte_level_tokenizer(extra_special_tokens: dict[str, str]):
     )
 
 
+def _image_processor_class(name: str):
+    """The torch (torchvision) image processor: ``<name>Fast`` in transformers 4.x, ``<name>`` in transformers 5
+    (which dropped the suffix and deprecates the old name)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return getattr(transformers, name if major >= 5 else name + "Fast")
+
+
 def _text_config(tokenizer, hidden_size: int, num_layers: int, heads: int, **extra) -> dict:
     return dict(
         vocab_size=len(tokenizer),
@@ -115,6 +124,7 @@ def _text_config(tokenizer, hidden_size: int, num_layers: int, heads: int, **ext
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,  # None (the tokenizer has none), not the family's default id
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         **extra,
@@ -144,7 +154,6 @@ def build_tiny_internvl(
     Returns the folder.
     """
     from transformers import (
-        GotOcr2ImageProcessorFast,
         InternVLConfig,
         InternVLForConditionalGeneration,
         InternVLProcessor,
@@ -172,9 +181,11 @@ def build_tiny_internvl(
         downsample_ratio=0.5,
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
+        # like the text config: transformers 5 reads the top-level flag and warns about an untied lm_head otherwise
+        tie_word_embeddings=False,
     )
     _save_random(InternVLForConditionalGeneration, config, folder, seed, dtype)
-    image_processor = GotOcr2ImageProcessorFast(
+    image_processor = _image_processor_class("GotOcr2ImageProcessor")(
         size={"height": image_size, "width": image_size},
         crop_to_patches=True,
         min_patches=1,
@@ -223,7 +234,6 @@ def build_tiny_qwen25vl(
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessorFast,
         Qwen2VLVideoProcessor,
     )
 
@@ -265,7 +275,7 @@ def build_tiny_qwen25vl(
     )
     _save_random(Qwen2_5_VLForConditionalGeneration, config, folder, seed, dtype)
     processor = Qwen2_5_VLProcessor(
-        image_processor=_qwen_image_processor(Qwen2VLImageProcessorFast, 14, max_pixels),
+        image_processor=_qwen_image_processor(_image_processor_class("Qwen2VLImageProcessor"), 14, max_pixels),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2),
         chat_template=QWEN_VL_CHAT_TEMPLATE,
@@ -284,7 +294,6 @@ def build_tiny_qwen3vl(
 ) -> Path:
     """Write a tiny random Qwen3-VL folder (patch 16, merge 2, one deepstack layer). Returns the folder."""
     from transformers import (
-        Qwen2VLImageProcessorFast,
         Qwen3VLConfig,
         Qwen3VLForConditionalGeneration,
         Qwen3VLProcessor,
@@ -329,7 +338,7 @@ def build_tiny_qwen3vl(
     )
     _save_random(Qwen3VLForConditionalGeneration, config, folder, seed, dtype)
     processor = Qwen3VLProcessor(
-        image_processor=_qwen_image_processor(Qwen2VLImageProcessorFast, 16, max_pixels),
+        image_processor=_qwen_image_processor(_image_processor_class("Qwen2VLImageProcessor"), 16, max_pixels),
         tokenizer=tokenizer,
         video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2),
         chat_template=QWEN_VL_CHAT_TEMPLATE,
