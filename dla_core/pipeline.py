@@ -201,7 +201,16 @@ class DLASubjectPipeline:
         if path.suffix.lower() != ".safetensors":
             raise DLAInputError(f"LoRA '{path.name}' is not a .safetensors file; only safetensors are loaded (never pickles).")
         try:
-            state_dict = FluxPipeline.lora_state_dict(str(path))
+            from safetensors.torch import load_file
+
+            from .flux_checkpoint import bfl_lora_to_diffusers, is_bfl_lora
+
+            raw = load_file(str(path))
+            if is_bfl_lora(raw):  # ComfyUI / BFL names: converted here at any width (diffusers' path fixes 3072)
+                config = self.transformer.config
+                state_dict = bfl_lora_to_diffusers(raw, hidden=config.num_attention_heads * config.attention_head_dim)
+            else:
+                state_dict = FluxPipeline.lora_state_dict(str(path))
             if isinstance(state_dict, tuple):
                 state_dict = state_dict[0]
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("text_encoder.")}
