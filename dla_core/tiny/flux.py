@@ -52,12 +52,13 @@ LORA_TARGET_SUFFIXES = (
 class _RandomWeights:
     """Seeded generator of weights that keep activations O(1) through a random network."""
 
-    def __init__(self, seed: int, dtype: torch.dtype):
-        self.generator = torch.Generator().manual_seed(seed)
+    def __init__(self, seed: int, dtype: torch.dtype, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.dtype = dtype
 
     def normal(self, shape, std: float) -> torch.Tensor:
-        out = torch.empty(shape, dtype=torch.float32)
+        out = torch.empty(shape, dtype=torch.float32, device=self.device)
         out.normal_(0.0, std, generator=self.generator)
         return out.to(self.dtype)
 
@@ -72,26 +73,27 @@ class _RandomWeights:
         state[f"{name}.bias"] = self.normal((out_channels,), 0.02)
 
     def ones(self, state: dict, name: str, size: int):
-        state[name] = torch.ones(size, dtype=self.dtype)
+        state[name] = torch.ones(size, dtype=self.dtype, device=self.device)
 
     def group_norm(self, state: dict, name: str, channels: int):
-        state[f"{name}.weight"] = torch.ones(channels, dtype=self.dtype)
-        state[f"{name}.bias"] = torch.zeros(channels, dtype=self.dtype)
+        state[f"{name}.weight"] = torch.ones(channels, dtype=self.dtype, device=self.device)
+        state[f"{name}.bias"] = torch.zeros(channels, dtype=self.dtype, device=self.device)
 
 
 def tiny_flux_state_dict(
     seed: int = 0, dtype: torch.dtype = torch.bfloat16, double_blocks: int = 1, single_blocks: int = 1,
-    hidden: int = FLUX_HIDDEN,
+    hidden: int = FLUX_HIDDEN, device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """FLUX.1 transformer weights in BFL's key layout: ``double_blocks`` + ``single_blocks`` deep, random.
 
     ``hidden`` must be a multiple of the 128-wide head. ComfyUI 0.3.64 ignores the file's width
     and builds 3072 (so only the default loads there); newer ComfyUI derives width and head count
-    from ``img_in``/``txt_in``, so e.g. 256 (2 heads) gives a FLUX of a few MB.
+    from ``img_in``/``txt_in``, so e.g. 256 (2 heads) gives a FLUX of a few MB. ``device``: where the
+    tensors are drawn (on a GPU, FLUX.1-dev's 12B parameters take a second; CPU values are unchanged).
     """
     if hidden % FLUX_HEAD_DIM:
         raise ValueError(f"hidden={hidden} is not a multiple of FLUX's head size {FLUX_HEAD_DIM}")
-    rand = _RandomWeights(seed, dtype)
+    rand = _RandomWeights(seed, dtype, device)
     state: dict[str, torch.Tensor] = {}
     mlp = 4 * hidden
     patch_features = FLUX_LATENT_CHANNELS * FLUX_PATCH * FLUX_PATCH  # 64
