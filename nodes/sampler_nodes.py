@@ -44,6 +44,12 @@ def make_staged_guider(model, positive, cfg: float, tau1: float, tau2: float, ne
 LATENT_SIZE_TAGS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
 
 
+def consumed_size_tags() -> tuple[str, ...]:
+    """The latent size tags this ComfyUI's KSampler reads (and drops from its output); none on 0.3.64."""
+    parameters = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    return tuple(tag for tag in LATENT_SIZE_TAGS if tag in parameters)
+
+
 def fit_empty_latent(model, latent: dict):
     """``latent["samples"]`` made fit for ``model`` exactly as this ComfyUI's KSampler does.
 
@@ -51,15 +57,14 @@ def fit_empty_latent(model, latent: dict):
     (``downscale_ratio_spacial``), and the KSampler resizes an empty latent to the model's own
     ratio (e.g. 8 -> 16 for FLUX.2); older ComfyUI has neither tags nor the resize.
     """
-    fix = comfy.sample.fix_empty_latent_channels
-    parameters = inspect.signature(fix).parameters
-    tags = [latent.get(tag) for tag in LATENT_SIZE_TAGS if tag in parameters]
-    return fix(model, latent["samples"], *tags)
+    tags = [latent.get(tag) for tag in consumed_size_tags()]
+    return comfy.sample.fix_empty_latent_channels(model, latent["samples"], *tags)
 
 
 def sampled_latent(latent: dict, samples) -> dict:
-    """The output LATENT: the input's other keys, no size tags (the samples now fit the model), native device/dtype."""
-    out = {key: value for key, value in latent.items() if key not in LATENT_SIZE_TAGS}
+    """The output LATENT like this ComfyUI's KSampler: the input's keys minus the size tags it consumed."""
+    consumed = consumed_size_tags()
+    out = {key: value for key, value in latent.items() if key not in consumed}
     dtype = getattr(comfy.model_management, "intermediate_dtype", None)
     kwargs = {"dtype": dtype()} if dtype is not None else {}
     out["samples"] = samples.to(device=comfy.model_management.intermediate_device(), **kwargs)
