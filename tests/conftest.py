@@ -20,6 +20,9 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+# Session-end line with the ComfyUI / library versions the run used (tests/ci_guard.py).
+from ci_guard import pytest_terminal_summary  # noqa: E402,F401
+
 
 @pytest.fixture(scope="session")
 def tiny_internvl_dir(tmp_path_factory) -> Path:

@@ -305,7 +305,9 @@ def _start_comfy_in_process(comfy_path: Path, base_dir: Path) -> dict:
 def comfy(comfyui_path, tiny_models_dir, tmp_path_factory) -> ComfyRunner:
     """ComfyUI running in this process with the pack loaded; one executor (and cache) for the session."""
     if "comfy" in sys.modules and not str(getattr(sys.modules["comfy"], "__file__", "")).startswith(str(comfyui_path)):
-        pytest.skip("another 'comfy' package is already imported in this process")
+        from ci_guard import skip_or_fail
+
+        skip_or_fail("another 'comfy' package is already imported in this process")
     base = make_comfy_base_directory(tmp_path_factory.mktemp("comfy-base"), tiny_models_dir)
     modules = _start_comfy_in_process(comfyui_path, base)
     return ComfyRunner(comfyui_path, base, modules)

@@ -47,17 +47,15 @@ FRONTEND_SETTINGS = {
 }
 
 
-def find_comfyui() -> Path | None:
-    """The ComfyUI checkout to run: $COMFYUI_PATH, /opt/ComfyUI, or the ComfyUI this pack sits in."""
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(Path(os.environ["COMFYUI_PATH"]))
-    candidates.append(Path("/opt/ComfyUI"))
-    candidates.append(REPO_ROOT.parent.parent)  # ComfyUI/custom_nodes/<this pack>
-    for candidate in candidates:
-        if (candidate / "main.py").is_file() and (candidate / "comfy").is_dir():
-            return candidate.resolve()
-    return None
+def find_comfyui() -> tuple[Path | None, str]:
+    """The ComfyUI checkout to run, as ``(path, "")`` or ``(None, reason)``: $COMFYUI_PATH, the ComfyUI this
+    pack sits in, /opt/ComfyUI (tests/ci_guard.py, the same search as the tests')."""
+    tests_dir = str(REPO_ROOT / "tests")
+    if tests_dir not in sys.path:  # run as a script; under pytest tests/ is already importable
+        sys.path.append(tests_dir)
+    import ci_guard
+
+    return ci_guard.find_comfyui()
 
 
 def free_port() -> int:
@@ -68,8 +66,16 @@ def free_port() -> int:
 
 
 def _default_sigint() -> None:
-    """In the child: let Ctrl-C stop ComfyUI even when our shell started us with SIGINT ignored."""
+    """In the child: let Ctrl-C stop ComfyUI even when our shell started us with SIGINT ignored, and (Linux)
+    have the kernel stop it when the process that started it dies without cleaning up (a killed pytest)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 class ServerError(RuntimeError):
@@ -334,9 +340,13 @@ def comfy_server_fixture(comfyui_path, tiny_models_dir):
 
 if __name__ == "__main__":  # serve by hand: python tests/integration/server.py [models-dir]
     sys.path.append(str(REPO_ROOT))
-    comfyui = find_comfyui()
+    # Ctrl-C and `kill` both stop the server cleanly, also when a shell started this script in the
+    # background (which leaves SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    comfyui, reason = find_comfyui()
     if comfyui is None:
-        sys.exit("no ComfyUI found: set COMFYUI_PATH")
+        sys.exit(reason)
     if len(sys.argv) > 1:
         tiny = Path(sys.argv[1])
     else:

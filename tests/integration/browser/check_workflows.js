@@ -9,7 +9,9 @@
 // and "Open" end in):
 //   missing_node_types   node types the front end has no definition for (its own
 //                        "Some Nodes Are Missing" check: type not in LiteGraph.registered_node_types)
-//   dialogs / toasts     any dialog (missing nodes, missing models, load error) or warn/error toast
+//   dialogs / toasts     any dialog (missing nodes, missing models, load error) or warn/error toast;
+//                        front ends >= 1.40 report missing nodes/models in an error overlay
+//                        ([data-testid="error-overlay"]) instead of a dialog: counted as a dialog
 //   bad_links            links whose output and input types the front end would not connect
 //   bad_widget_values    combo values that are not among the server's options (a model file the
 //                        server does not list, a sampler name that does not exist, ...)
@@ -37,18 +39,29 @@ async function waitForFrontend(page) {
   await page.waitForTimeout(1500);
 }
 
+// Everything that tells a person something is wrong with a loaded workflow: PrimeVue dialogs (front end
+// 1.27: "Some Nodes Are Missing", missing models) and the error overlay of newer front ends (1.49).
+const WARNING_SELECTORS = ['.p-dialog', '[data-testid="error-overlay"]'];
+const CLOSE_SELECTORS = ['.p-dialog .p-dialog-close-button', '.p-dialog-header-close', '[data-testid="error-overlay-dismiss"]'];
+
 async function closeDialogs(page) {
   await page.keyboard.press('Escape');
-  await page.evaluate(() => {
-    for (const btn of document.querySelectorAll('.p-dialog .p-dialog-close-button, .p-dialog-header-close')) btn.click();
-  });
+  await page.evaluate((selectors) => {
+    for (const btn of document.querySelectorAll(selectors.join(', '))) btn.click();
+  }, CLOSE_SELECTORS);
   await page.waitForTimeout(200);
 }
 
+async function frontendVersion(page) {
+  // Both 1.27 and 1.49 set this global at start-up (1.27 also logs "ComfyUI Front-end version: X").
+  return await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+}
+
 async function inspectWorkflow(page, uiJson) {
-  return await page.evaluate(async (graphData) => {
+  return await page.evaluate(async ([graphData, warningSelectors]) => {
     const registered = window.LiteGraph.registered_node_types;
     const missing = graphData.nodes.filter((n) => !(n.type in registered)).map((n) => n.type);
+    // The options are 1.27's (1.49 ignores them and always surfaces missing nodes in its error overlay).
     await window.app.loadGraphData(graphData, true, true, null, {
       showMissingNodesDialog: true, showMissingModelsDialog: true,
     });
@@ -75,7 +88,7 @@ async function inspectWorkflow(page, uiJson) {
       }
     }
     const text = (el) => (el.innerText || '').trim().slice(0, 2000);
-    const dialogs = [...document.querySelectorAll('.p-dialog')].filter((el) => el.offsetParent !== null).map(text);
+    const dialogs = [...document.querySelectorAll(warningSelectors.join(', '))].filter((el) => el.offsetParent !== null).map(text);
     const toasts = [...document.querySelectorAll('.p-toast-message-warn, .p-toast-message-error')].map(text);
     const prompt = await window.app.graphToPrompt();
     return {
@@ -89,7 +102,7 @@ async function inspectWorkflow(page, uiJson) {
       toasts,
       api_prompt: prompt.output,
     };
-  }, uiJson);
+  }, [uiJson, WARNING_SELECTORS]);
 }
 
 async function main() {
@@ -111,6 +124,7 @@ async function main() {
     page.on('pageerror', (error) => errors.push(`pageerror: ${error.message} ${(error.stack || '').split('\n').slice(0, 4).join(' | ')}`));
     await page.goto(url, { waitUntil: 'domcontentloaded' });
     await waitForFrontend(page);
+    report.frontend_version = (await frontendVersion(page)) ?? report.frontend_version;
     await closeDialogs(page);
     for (const arg of workflowArgs) {
       const file = arg.split('=')[0];
