@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dla_core.mllm import _capture_forward, load_mllm  # noqa: E402
-from dla_core.tiny import build_tiny_qwen25vl  # noqa: E402
+from dla_core.mllm import capture_forward, load_mllm  # noqa: E402
+from dla_tiny import build_tiny_qwen25vl  # noqa: E402
 
 WIDTH, DECODERS, IMAGE_SIDE = 1024, 8, 448
 VARIANTS = ("forward", "capture", "hidden_states")
@@ -67,7 +67,7 @@ def _inputs(mllm, tokens: int) -> dict:
 def _run(mllm, inputs: dict, variant: str):
     layers = tuple(range(mllm.spec.num_layers))
     if variant == "capture":
-        return _capture_forward(mllm, inputs, layers)
+        return capture_forward(mllm, inputs, layers)
     with torch.inference_mode():
         if variant == "forward":
             return mllm.model.model(**inputs, use_cache=False).last_hidden_state

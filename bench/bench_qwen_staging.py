@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dla_core.qwen_template import dit_image_tokens, qwen_vl_image_tokens, scaled_size  # noqa: E402
-from dla_core.schedule import flux_shifted_sigmas, stage_step_counts  # noqa: E402
+from dla_core.flux.sampling import flux_sigmas  # noqa: E402
+from dla_core.schedule import stage_step_counts  # noqa: E402
 
 QWEN_IMAGE_BLOCKS = 60
 QWEN_IMAGE_WIDTH = 3072
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     schedules = {
         f"AuraFlow shift {args.shift}, {args.steps} steps": auraflow_sigmas(args.steps, args.shift),
-        f"FLUX shift at 1024^2, {args.steps} steps": flux_shifted_sigmas(1024, 1024, args.steps),
+        f"FLUX shift at 1024^2, {args.steps} steps": flux_sigmas(1024, 1024, args.steps),
     }
     print(f"Qwen-Image-Edit staging cost (tau1={args.tau1}, tau2={args.tau2}); FLOPs of the DiT only, 60 blocks x 3072")
     print("schedule | refs | text tok | out tok | ref tok | steps s1/s2/s3 | stage-1 call / full call | staged / unstaged")

@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     print(f"  overhead   staged_stage1 / native_mllm = {best['staged_stage1'] / best['native_mllm']:.3f}  (goal <= 1.01)")
     print(f"  staging    staged_paper  / native_full = {best['staged_paper'] / best['native_full']:.3f}")
 
-    from dla_core.schedule import flux_shifted_sigmas, stage_step_counts
+    from dla_core.flux.sampling import flux_sigmas
+    from dla_core.schedule import stage_step_counts
 
     mllm_tokens = inputs["positive"][0][0].shape[1]
     null_tokens = inputs["positive"][0][1]["dla_mllm_off"][0][0].shape[1]
@@ -122,7 +123,7 @@ def main(argv=None) -> int:
     print(f"  tiny token counts: image {image_tokens}, reference {ref_tokens}, MLLM {mllm_tokens}, MLLM-off {null_tokens}")
 
     for steps in (28,):
-        counts = stage_step_counts(flux_shifted_sigmas(1024, 1024, steps), 0.95, 0.85)
+        counts = stage_step_counts(flux_sigmas(1024, 1024, steps), 0.95, 0.85)
         n, image, ref, null = args.mllm_tokens, 4096, 4096, null_tokens
         per_stage = (image + n, image + ref + n, image + ref + null)
         always = image + ref + n

@@ -242,12 +242,20 @@ def start_comfyui(comfy_path: Path, device: str) -> tuple[object, callable]:
     return nodes, pack
 
 
+def tiny_flux_builders():
+    """The test suite's ComfyUI-layout tiny FLUX builders (tests/lib/dla_tiny/flux.py; they import no pack module)."""
+    lib = str(REPO_ROOT / "tests" / "lib")
+    if lib not in sys.path:
+        sys.path.append(lib)
+    return importlib.import_module("dla_tiny.flux")
+
+
 def tiny_flux_width(pack) -> int:
     """The narrowest FLUX this ComfyUI builds: asks its own detection whether it reads the width from the weights."""
     import comfy.model_detection
     import torch
 
-    narrow = pack("dla_core.tiny.flux").tiny_flux_state_dict(dtype=torch.float32, hidden=TINY_FLUX_NARROW)
+    narrow = tiny_flux_builders().tiny_flux_state_dict(dtype=torch.float32, hidden=TINY_FLUX_NARROW)
     config = comfy.model_detection.model_config_from_unet(narrow, "")
     derived = config is not None and config.unet_config.get("hidden_size") == TINY_FLUX_NARROW
     return TINY_FLUX_NARROW if derived else REAL.flux_hidden
@@ -264,7 +272,7 @@ def build_mllm(pack, scale: Scale, device, dtype, folder: Path):
     import torch
     from transformers import AutoConfig, AutoProcessor, InternVLForConditionalGeneration
 
-    pack("dla_core.tiny.mllm").build_tiny_internvl(folder, image_size=scale.tile, max_tiles=1)
+    pack("dla_core.selftest_models").build_tiny_internvl(folder, image_size=scale.tile, max_tiles=1)
     config_file = folder / "config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     text, vision = config["text_config"], config["vision_config"]
@@ -436,7 +444,7 @@ def build_flux(pack, scale: Scale, device):
     import comfy.sd
     import torch
 
-    state = pack("dla_core.tiny.flux").tiny_flux_state_dict(
+    state = tiny_flux_builders().tiny_flux_state_dict(
         seed=0, dtype=torch.bfloat16, double_blocks=scale.double_blocks, single_blocks=scale.single_blocks,
         hidden=scale.flux_hidden, device=device,
     )
@@ -455,7 +463,7 @@ def build_vae(pack):
     """FLUX's VAE (ae.safetensors layout, full size) as ComfyUI's VAELoader builds it, random weights."""
     import comfy.sd
 
-    return comfy.sd.VAE(sd=pack("dla_core.tiny.flux").tiny_flux_vae_state_dict(seed=0))
+    return comfy.sd.VAE(sd=tiny_flux_builders().tiny_flux_vae_state_dict(seed=0))
 
 
 class Pipeline:

@@ -8,9 +8,9 @@ from .dla import TARGETS, DLAConditioning, DLAConfig, DualLayerAggregation, targ
 from .errors import DLACheckpointError, DLAInputError
 from .features import MLLMFeatures
 from .lap import LayerwiseAttentionPooling
+from .flux.sampling import flux_sigmas
 from .schedule import (
     describe_schedule,
-    flux_shifted_sigmas,
     stage_for_sigma,
     stage_step_counts,
     stages_for_sigmas,
@@ -29,7 +29,7 @@ __all__ = [
     "MLLMSpec",
     "TARGETS",
     "describe_schedule",
-    "flux_shifted_sigmas",
+    "flux_sigmas",
     "init_dla",
     "load_dla",
     "read_dla_config",

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from .dla import DLAConfig, DualLayerAggregation, target_spec
 from .errors import DLACheckpointError, DLAInputError
@@ -94,16 +96,23 @@ def _config_from_header(path: Path, header: dict[str, Any]) -> DLAConfig:
         raise DLACheckpointError(f"DLA checkpoint '{path.name}': {exc}") from None
 
 
+def read_dla_header(path: str | Path) -> tuple[Path, DLAConfig, dict[str, Any]]:
+    """``(path, config, header)`` of a checkpoint from its safetensors header only (no tensors are loaded).
+
+    ``header`` is the raw JSON header: ``{tensor name: {"dtype", "shape", "data_offsets"}}`` plus ``__metadata__``.
+    """
+    path = _check_path(path)
+    header = _read_header(path)
+    return path, _config_from_header(path, header), header
+
+
 def read_dla_config(path: str | Path) -> DLAConfig:
     """Read a checkpoint's :class:`DLAConfig` from its header only (no tensors are loaded)."""
-    path = _check_path(path)
-    return _config_from_header(path, _read_header(path))
+    return read_dla_header(path)[1]
 
 
 def save_dla(dla: DualLayerAggregation, path: str | Path) -> Path:
     """Write ``dla`` to ``path`` (.safetensors) with its config in the metadata; returns the path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise DLAInputError(f"DLA checkpoints are written as .safetensors; got '{path.name}'. Use a name ending in .safetensors.")
@@ -116,9 +125,6 @@ def save_dla(dla: DualLayerAggregation, path: str | Path) -> Path:
 
 def load_dla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> DualLayerAggregation:
     """Load a DLA checkpoint; validates format, config and tensor names/shapes. Eval mode, no grad."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = _check_path(path)
     config = _config_from_header(path, _read_header(path))
     try:

@@ -125,11 +125,9 @@ class InspectCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from .checkpoint import _check_path, _config_from_header, _read_header
+        from .checkpoint import read_dla_header
 
-        path = _check_path(args.file)
-        header = _read_header(path)
-        config = _config_from_header(path, header)
+        path, config, header = read_dla_header(args.file)
         tensors = {name: info for name, info in header.items() if name != "__metadata__"}
         params = 0
         for info in tensors.values():

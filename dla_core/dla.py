@@ -151,8 +151,9 @@ class DLAConfig:
     def lap_layers(self) -> int:
         return len(self.layer_indices) if self.layer_indices is not None else self.num_layers
 
-    def describe_mllm(self) -> str:
-        return f"{self.num_layers} layers of width {self.mllm_width} ({self.mllm_family})"
+    def mllm_spec(self) -> MLLMSpec:
+        """The MLLM this DLA was built for (``describe()`` names it in messages)."""
+        return MLLMSpec(self.mllm_family, self.num_layers, self.mllm_width)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (round-trips through :meth:`from_dict`)."""
@@ -206,7 +207,7 @@ class DLAConditioning:
 
 def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
     return (
-        f"DLA checkpoint expects {config.describe_mllm()}; the connected MLLM gives {num_layers} of width {width} "
+        f"DLA checkpoint expects {config.mllm_spec().describe()}; the connected MLLM gives {num_layers} of width {width} "
         f"({family}): load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
     )
 

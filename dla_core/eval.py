@@ -1,13 +1,13 @@
 """``python -m dla_core eval``: DreamBench-style DINO, CLIP-I and CLIP-T over a folder of generations.
 
-Metrics (as in DreamBooth / DreamBench and the papers compared in PAPER.md):
+Metrics (as in DreamBooth / DreamBench and the methods compared in the paper, arXiv 2605.26111):
 
 * **DINO**: cosine similarity of the CLS embeddings (``last_hidden_state[:, 0]``) of a
   generation and a reference image, from a local transformers DINO folder (ViT-S/16 DINO,
   ``facebook/dino-vits16``, or a DINOv2 one; loaded with ``AutoModel``).
 * **CLIP-I**: cosine similarity of CLIP image embeddings (generation vs reference).
 * **CLIP-T**: cosine similarity of the generation's CLIP image embedding and its prompt's CLIP
-  text embedding, reported as the **raw cosine** (PAPER.md's ~0.30 scale), *not* x100 as some
+  text embedding, reported as the **raw cosine** (the paper's ~0.30 scale), *not* x100 as some
   papers print it.
 
 A generation is compared with **every** reference image of its subject and the similarities
@@ -45,7 +45,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SUBJECT_SEPARATOR = "__"
 METRICS = ("dino", "clip_i", "clip_t")
 
-# PAPER.md, DreamBench (DINO / CLIP-I / CLIP-T).
+# The paper's reported DreamBench results (arXiv 2605.26111; DINO / CLIP-I / CLIP-T).
 PAPER_NUMBERS = {
     "DLA (paper)": (0.7482, 0.8443, 0.3010),
     "UNO": (0.7484, 0.8354, 0.3040),
@@ -274,7 +274,7 @@ def format_table(result: dict) -> str:
         lines.append(f"{name:{width}}  " + "  ".join(cell(v) for v in values))
     counts = result["counts"]
     lines.append(f"({counts['generations']} generations, {counts['subjects']} subjects, {counts['with_prompt']} with prompts; "
-                 "paper rows are DreamBench numbers from PAPER.md, CLIP-T as raw cosine)")
+                 "paper rows are DreamBench numbers from the paper, arXiv 2605.26111, CLIP-T as raw cosine)")
     return "\n".join(lines)
 
 

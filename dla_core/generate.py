@@ -19,7 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from .checkpoint import init_dla, save_dla
 from .errors import DLAInputError
+from .flux.references import REFERENCE_METHODS
+from .flux.sampling import DEFAULT_GUIDANCE
+from .images import to_pil_list
+from .pipeline import DEFAULT_REFERENCE_MEGAPIXELS, DLASubjectPipeline, load_reference_image
+from .schedule import DEFAULT_TAU1, DEFAULT_TAU2
+from .selftest_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae, build_tiny_internvl
+from .spec import read_mllm_spec
 
 EMBEDDED_VERSION = "1"  # bump when the embedded models change, so old caches are rebuilt
 EMBEDDED_SIZE = 64  # px, embedded default image side
@@ -35,10 +45,6 @@ RANDOM_WEIGHTS_NOTICE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``generate``."""
-    from .flux_refs import REFERENCE_METHODS
-    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_REFERENCE_MEGAPIXELS
-    from .schedule import DEFAULT_TAU1, DEFAULT_TAU2
-
     parser.add_argument("--reference", action="append", required=True, metavar="IMAGE",
                         help="reference image of the subject (RGB); repeat for several references")
     parser.add_argument("--prompt", required=True, help="instruction, e.g. 'the dog swimming in a pool'")
@@ -80,8 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _resolve_device(name: str) -> str:
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -106,9 +110,6 @@ def _output_paths(out: str, count: int) -> list[Path]:
 
 def validate(args: argparse.Namespace) -> dict:
     """Check every argument (files, numbers, model flags) without loading a model; returns settings."""
-    from .images import to_pil_list
-    from .pipeline import DLASubjectPipeline, load_reference_image
-
     given = [flag for flag in MODEL_FLAGS if getattr(args, flag)]
     embedded = not given
     if given and len(given) != len(MODEL_FLAGS):
@@ -169,15 +170,10 @@ def embedded_folder_name(seed: int = 0) -> str:
 def build_embedded_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """Build (once) the embedded self-test models under ``folder``; returns their paths.
 
-    Tiny InternVL (``dla_core.tiny.mllm``), tiny diffusers FLUX transformer and VAE
-    (``dla_core.tiny.diffusers_models``), random DLA for that MLLM. Built in a temporary
-    sibling folder and renamed into place, so a crash never leaves a half-built cache.
+    Tiny InternVL, tiny diffusers FLUX transformer and VAE (:mod:`dla_core.selftest_models`),
+    random DLA for that MLLM. Built in a temporary sibling folder and renamed into place, so a
+    crash never leaves a half-built cache.
     """
-    from .checkpoint import init_dla, save_dla
-    from .spec import read_mllm_spec
-    from .tiny.diffusers_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae
-    from .tiny.mllm import build_tiny_internvl
-
     folder = Path(folder) / embedded_folder_name(seed)
     paths = {"flux": folder / "flux", "vae": folder / "vae", "mllm": folder / "mllm", "dla": folder / "dla.safetensors"}
     if (folder / "complete").is_file():
@@ -209,7 +205,6 @@ def build_embedded_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     """Validate, load (or build the embedded models), generate, save; returns 0."""
     settings = validate(args)
-    from .pipeline import DLASubjectPipeline
 
     started = time.perf_counter()
     if settings["embedded"]:

@@ -28,7 +28,13 @@ def _check_side(height: int, width: int, where: str) -> None:
         )
 
 
-def _tensor_to_pils(tensor: torch.Tensor, where: str) -> list[Image.Image]:
+def check_image_tensor(tensor: torch.Tensor, where: str) -> torch.Tensor:
+    """The pack's one check of a reference IMAGE tensor; returns it as [batch, height, width, 3] float in 0..1.
+
+    ``[height, width, 3]`` gains a batch dimension. Raises :class:`DLAInputError` (naming ``where``) for
+    wrong shapes, empty batches, grayscale, alpha, sides under :data:`MIN_IMAGE_SIDE`, integer dtypes,
+    NaN/inf and values outside 0..1 (beyond a small resampling slack).
+    """
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(0)
     if tensor.ndim != 4:
@@ -66,6 +72,14 @@ def _tensor_to_pils(tensor: torch.Tensor, where: str) -> list[Image.Image]:
             f"{where} has values in [{low:.3g}, {high:.3g}]; IMAGE tensors must lie in 0..1 "
             "(0..255 images must be divided by 255)."
         )
+    return tensor
+
+
+def _tensor_to_pils(tensor: torch.Tensor, where: str) -> list[Image.Image]:
+    check_image_tensor(tensor, where)
+    values = tensor.detach().to("cpu", torch.float32)
+    if values.ndim == 3:
+        values = values.unsqueeze(0)
     array = (values.clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)  # [batch, height, width, 3]
     return [Image.fromarray(frame, mode="RGB") for frame in array]
 
@@ -115,6 +129,20 @@ def to_pil_list(images, name: str = "reference image") -> list[Image.Image]:
     if not result:
         raise DLAInputError(f"No {name} given (empty list). Connect at least one reference IMAGE.")
     return result
+
+
+def reference_frames(images: Iterable, name: str = "reference image") -> list[torch.Tensor]:
+    """Every frame of every connected IMAGE (``None`` = not connected), in order, each [1, height, width, 3].
+
+    Each IMAGE goes through :func:`check_image_tensor` (input ``k`` is named "``name`` k").
+    """
+    frames = []
+    for index, image in enumerate(images):
+        if image is None:
+            continue
+        image = check_image_tensor(image, f"{name} {index + 1}")
+        frames.extend(image.split(1, dim=0))
+    return frames
 
 
 def resize_for_mllm(image: Image.Image, max_side: int | None = None, pixels: int | None = None) -> Image.Image:

@@ -20,20 +20,22 @@ tensor); the capture here is the same on both: what decoder layer k reads.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
+from safetensors import safe_open
 from torch import nn
 
+from .dtypes import DTYPES, TORCH_DTYPE_NAMES
 from .errors import DLAInputError
 from .features import MLLMFeatures
 from .images import MIN_IMAGE_SIDE, resize_for_mllm, to_pil_list
 from .spec import MLLMSpec, read_mllm_spec
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_CONFIG_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 MAX_IMAGE_SIZE = 4096  # px; an MLLM-side reference resolution beyond this is surely a typo
 # mm_token_type_ids: transformers 5 Qwen-VL processors return it and the models need it for M-RoPE
 _MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -111,19 +113,15 @@ def resolve_dtype(dtype: str | torch.dtype, folder_dtype: torch.dtype | None) ->
 
 
 def _folder_dtype(folder: Path) -> torch.dtype | None:
-    import json
-
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     for source in (config, config.get("text_config") or {}):
         name = source.get("torch_dtype") or source.get("dtype")
-        if name in _CONFIG_DTYPES:
-            return _CONFIG_DTYPES[name]
+        if name in TORCH_DTYPE_NAMES:
+            return TORCH_DTYPE_NAMES[name]
     return None
 
 
 def _weight_files(folder: Path) -> list[Path]:
-    import json
-
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
@@ -153,8 +151,6 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _check_safetensors(files: list[Path]) -> None:
-    from safetensors import safe_open
-
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as handle:
@@ -179,8 +175,6 @@ def _image_processor_entry(folder: Path) -> tuple[str, dict] | None:
     transformers 4.x saves it as ``preprocessor_config.json``; transformers 5 saves it as the
     ``"image_processor"`` entry of ``processor_config.json`` (and no preprocessor_config.json).
     """
-    import json
-
     for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
@@ -301,8 +295,6 @@ def _normalise_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 
 def _is_image_like(item) -> bool:
-    from PIL import Image
-
     return isinstance(item, (Image.Image, torch.Tensor)) or type(item).__module__ == "numpy"
 
 
@@ -453,7 +445,7 @@ def _backbone_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Modu
     return backbone, language_model.layers, language_model.norm
 
 
-def _capture_forward(mllm: LoadedMLLM, inputs: dict, layer_indices: tuple[int, ...]) -> torch.Tensor:
+def capture_forward(mllm: LoadedMLLM, inputs: dict, layer_indices: tuple[int, ...]) -> torch.Tensor:
     """Run the backbone once; return the requested layers. [batch, kept layers, tokens, width]."""
     backbone, decoder_layers, final_norm = _backbone_parts(mllm.model)
     num_decoders = len(decoder_layers)
@@ -556,7 +548,7 @@ def encode_joint(
 
     # The models cast pixel_values to their vision tower's dtype themselves.
     inputs = {key: encoded[key].to(device) for key in _MODEL_INPUTS if key in encoded}
-    hidden_states = _capture_forward(mllm, inputs, layer_indices)  # [batch, kept layers, tokens, width]
+    hidden_states = capture_forward(mllm, inputs, layer_indices)  # [batch, kept layers, tokens, width]
     return MLLMFeatures(
         hidden_states=hidden_states,
         image_mask=image_mask.to(device),

@@ -15,11 +15,11 @@ weights (tests/integration/test_pipeline_parity.py):
   ``scaling_factor``); :attr:`DLAPipelineOutput.latents` is in VAE space like a ComfyUI LATENT;
 - references: aspect kept, area capped at ``reference_megapixels``, sides rounded to 16 px
   (:func:`dla_core.staging.identity_resolution`, as the VAE Identity Encode node), encoded
-  with the VAE's posterior mode, placed as extra image tokens (:mod:`dla_core.flux_refs`);
+  with the VAE's posterior mode, placed as extra image tokens (:mod:`dla_core.flux.references`);
 - conditioning: DLA tokens with the padding stripped (:func:`dla_core.staging.strip_padding`),
   the DLA's pooled vector, FLUX distilled guidance (default 2.5) in every stage; stage 3 uses
   the DLA's learned null tokens and null pooled vector;
-- sigmas: :func:`dla_core.flux_sampling.flux_sigmas` (ComfyUI: "simple" scheduler on a
+- sigmas: :func:`dla_core.flux.sampling.flux_sigmas` (ComfyUI: "simple" scheduler on a
   ModelSamplingFlux-patched model at the same size), Euler steps.
 """
 from __future__ import annotations
@@ -32,22 +32,32 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
+from .checkpoint import load_dla
+from .dtypes import DTYPES
 from .errors import DLAInputError
-from .flux_refs import DEFAULT_REFERENCE_METHOD, normalize_reference_method
-from .flux_sampling import LATENT_CHANNELS, VAE_SCALE_FACTOR, StagedConditioning, flux_sigmas, staged_euler_sample
+from .flux.checkpoint import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
+from .flux.references import DEFAULT_REFERENCE_METHOD, normalize_reference_method
+from .flux.sampling import (
+    DEFAULT_GUIDANCE,
+    LATENT_CHANNELS,
+    VAE_SCALE_FACTOR,
+    StagedConditioning,
+    flux_sigmas,
+    staged_euler_sample,
+)
+from .images import to_pil_list
+from .mllm import encode_joint, load_mllm
 from .schedule import DEFAULT_TAU1, DEFAULT_TAU2, describe_schedule, validate_taus
 from .staging import identity_resolution, strip_padding
 
 DEFAULT_STEPS = 28
-DEFAULT_GUIDANCE = 2.5  # PAPER.md; FLUX Kontext's default distilled guidance too
 DEFAULT_SIZE = 1024
 DEFAULT_REFERENCE_MEGAPIXELS = 1.0  # as the VAE Identity Encode node
 SIZE_MULTIPLE = VAE_SCALE_FACTOR * 2  # 16 px: 8x VAE times 2x2 patches
 MAX_SIZE = 8192
 MAX_IMAGES = 64
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_torch_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
@@ -163,10 +173,6 @@ class DLASubjectPipeline:
         keys). ``offload_mllm="auto"`` moves the MLLM to the CPU after encoding when
         ``device`` is not the CPU.
         """
-        from .checkpoint import load_dla
-        from .mllm import load_mllm
-        from .tiny.diffusers_models import load_flux_transformer, load_flux_vae
-
         for name, path in (("FLUX transformer", flux), ("VAE", vae), ("MLLM folder", mllm), ("DLA checkpoint", dla)):
             if not Path(path).exists():
                 raise DLAInputError(f"{name} not found: {path}. Check the path (models are read from local files only).")
@@ -201,10 +207,6 @@ class DLASubjectPipeline:
         if path.suffix.lower() != ".safetensors":
             raise DLAInputError(f"LoRA '{path.name}' is not a .safetensors file; only safetensors are loaded (never pickles).")
         try:
-            from safetensors.torch import load_file
-
-            from .flux_checkpoint import bfl_lora_to_diffusers, is_bfl_lora
-
             raw = load_file(str(path))
             if is_bfl_lora(raw):  # ComfyUI / BFL names: converted here at any width (diffusers' path fixes 3072)
                 config = self.transformer.config
@@ -240,8 +242,6 @@ class DLASubjectPipeline:
         reference_megapixels: float = DEFAULT_REFERENCE_MEGAPIXELS,
     ) -> None:
         """Validate every argument before any model runs; raises :class:`DLAInputError`."""
-        from .images import to_pil_list
-
         if not isinstance(prompt, str) or not prompt.strip():
             raise DLAInputError("The prompt is empty. Describe what to generate, e.g. 'the dog on a beach'.")
         to_pil_list(references)
@@ -265,8 +265,6 @@ class DLASubjectPipeline:
     @torch.no_grad()
     def encode(self, prompt: str, references: list, mllm_image_size: int | None = None):
         """MLLM joint encode + DLA: returns (tokens [1, T, 4096], pooled [1, 768], null tokens, null pooled)."""
-        from .mllm import encode_joint
-
         if self.mllm is None:
             raise DLAInputError("The MLLM was freed after the last call (offload_mllm='free'); load the pipeline again.")
         features = encode_joint(self.mllm, prompt, references, image_size=mllm_image_size)
@@ -354,8 +352,6 @@ class DLASubjectPipeline:
         schedule (steps + 1 values ending in 0) replacing FLUX's shifted one.
         ``output_type``: "pil" or "latent" (skip decoding).
         """
-        from .images import to_pil_list
-
         references = self._load_references(references)
         self.check_inputs(
             prompt, references, height, width, num_inference_steps, guidance_scale, tau1, tau2,

@@ -19,6 +19,7 @@ import math
 from typing import Sequence
 
 from .errors import DLAInputError
+from .flux.references import REFERENCE_METHODS as FLUX_REFERENCE_METHODS
 
 # The Qwen-Image-Edit system prompt (Qwen-Image-Edit-2509's, as in diffusers'
 # QwenImageEditPlusPipeline and ComfyUI's TextEncodeQwenImageEditPlus). "{}" is the user turn.
@@ -36,13 +37,6 @@ EDIT_TEMPLATE = (
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 PICTURE_TAG = "Picture {}: " + VISION_PLACEHOLDER
 
-# Qwen2.5 token ids that matter for the template (Qwen2 tokenizer, shared by all Qwen2.5-VL sizes).
-IM_START_ID = 151644
-IM_END_ID = 151645
-VISION_START_ID = 151652
-VISION_END_ID = 151653
-IMAGE_PAD_ID = 151655
-
 # Native TextEncodeQwenImageEditPlus resolutions (area, in pixels, of the scaled reference).
 NATIVE_MLLM_SIDE = 384
 NATIVE_VAE_SIDE = 1024
@@ -58,11 +52,14 @@ QWEN_VL_MAX_PIXELS = 12845056
 QWEN_IMAGE_PIXELS_PER_TOKEN = 16
 
 # reference_latents_method each model expects (ComfyUI conditioning key).
-REFERENCE_METHODS = {
+MODEL_REFERENCE_METHODS = {
     "qwen_image_edit_2509": "index",
     "qwen_image_edit_2511": "index_timestep_zero",
     "flux_kontext": "offset",
 }
+# Every reference_latents_method name the pack knows: FLUX's three placements plus Qwen-Image-Edit-2511's
+# index_timestep_zero (newer ComfyUI), in the order the Qwen node lists them.
+REFERENCE_LATENTS_METHODS = (*sorted(FLUX_REFERENCE_METHODS), "index_timestep_zero")
 
 
 def picture_tags(num_images: int, first_index: int = 1) -> str:
@@ -165,7 +162,7 @@ def resolve_reference_method(requested: str, model: str, available: Sequence[str
     Returns ``(method, note)``; ``note`` is empty unless the method had to be degraded
     because the running ComfyUI lacks it (``available`` lists the methods it knows).
     """
-    method = REFERENCE_METHODS.get(model, "index") if requested == "auto" else requested
+    method = MODEL_REFERENCE_METHODS.get(model, "index") if requested == "auto" else requested
     if method in available:
         return method, ""
     fallback = "index" if "index" in available else available[0]

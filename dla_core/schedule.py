@@ -1,4 +1,4 @@
-"""The multi-stage denoising schedule (PAPER.md, "Inference: multi-stage denoising").
+"""The multi-stage denoising schedule of the paper (Zheng et al., arXiv 2605.26111, inference: multi-stage denoising).
 
 With normalised model time ``t`` in [0, 1] (1 = pure noise; for flow models such as FLUX
 ``t`` is exactly the sigma the model receives):
@@ -39,19 +39,9 @@ STAGE_LABELS = {
     STAGE_IDENTITY_ONLY: "identity only",
 }
 
-# PAPER.md defaults.
+# The paper's defaults (arXiv 2605.26111, multi-stage denoising).
 DEFAULT_TAU1 = 0.95
 DEFAULT_TAU2 = 0.85
-
-# FLUX's resolution-dependent shift (diffusers' FlowMatchEulerDiscreteScheduler config for
-# FLUX.1-dev and ComfyUI's ModelSamplingFlux node): mu is linear in the image sequence
-# length, from BASE_SHIFT at 256 tokens to MAX_SHIFT at 4096 tokens.
-FLUX_BASE_SHIFT = 0.5
-FLUX_MAX_SHIFT = 1.15
-FLUX_BASE_SEQ_LEN = 256
-FLUX_MAX_SEQ_LEN = 4096
-FLUX_PIXELS_PER_TOKEN = 16  # VAE downsamples 8x, the DiT patchifies 2x2
-
 
 def validate_taus(tau1: float, tau2: float) -> None:
     """Raise :class:`DLAInputError` unless ``0 <= tau2 <= tau1 <= 1``."""
@@ -72,7 +62,7 @@ def validate_taus(tau1: float, tau2: float) -> None:
 
 
 def stage_for_sigma(t: float, tau1: float, tau2: float) -> int:
-    """Stage (1, 2 or 3) for one model call at normalised time ``t``; boundaries as in PAPER.md.
+    """Stage (1, 2 or 3) for one model call at normalised time ``t``; boundaries as in the paper (arXiv 2605.26111).
 
     ``t == tau1`` is stage 1, ``t == tau2`` is stage 2 (when ``tau2 < tau1``); with
     ``tau1 == tau2`` there is no stage 2.
@@ -144,35 +134,3 @@ def describe_schedule(sigmas, tau1: float, tau2: float, include_last: bool = Fal
             span = ("step " if first == last else "steps ") + span
         parts.append(f"{span}: {STAGE_LABELS[stage]}")
     return "; ".join(parts)
-
-
-def flux_shift_mu(width: int, height: int, base_shift: float = FLUX_BASE_SHIFT, max_shift: float = FLUX_MAX_SHIFT) -> float:
-    """FLUX's time shift ``mu`` for an image of ``width`` x ``height`` pixels.
-
-    Same formula as diffusers' ``calculate_shift`` and ComfyUI's ModelSamplingFlux node:
-    linear in the number of image tokens ``(width / 16) * (height / 16)``.
-    """
-    seq_len = (width / FLUX_PIXELS_PER_TOKEN) * (height / FLUX_PIXELS_PER_TOKEN)
-    slope = (max_shift - base_shift) / (FLUX_MAX_SEQ_LEN - FLUX_BASE_SEQ_LEN)
-    return base_shift + slope * (seq_len - FLUX_BASE_SEQ_LEN)
-
-
-def flux_time_shift(mu: float, t: float) -> float:
-    """Shifted sigma ``e^mu / (e^mu + (1/t - 1))`` for unshifted time ``t`` in (0, 1]."""
-    if t <= 0.0:
-        return 0.0
-    return math.exp(mu) / (math.exp(mu) + (1.0 / t - 1.0))
-
-
-def flux_shifted_sigmas(width: int, height: int, steps: int, base_shift: float = FLUX_BASE_SHIFT, max_shift: float = FLUX_MAX_SHIFT) -> list[float]:
-    """FLUX.1-dev's sigma list for ``steps`` steps at ``width`` x ``height``, trailing 0 included.
-
-    Unshifted times are ``linspace(1, 1/steps, steps)`` (diffusers' FluxPipeline; ComfyUI's
-    "simple" scheduler over ModelSamplingFlux samples the same times up to its 1e-4 table
-    resolution), each shifted with :func:`flux_time_shift`. Returns ``steps + 1`` values.
-    """
-    if steps < 1:
-        raise DLAInputError(f"steps must be at least 1, got {steps}.")
-    mu = flux_shift_mu(width, height, base_shift, max_shift)
-    times = [1.0 - i / steps for i in range(steps)]
-    return [flux_time_shift(mu, t) for t in times] + [0.0]

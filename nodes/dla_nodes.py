@@ -10,12 +10,12 @@ from comfy_api.latest import io
 from ..dla_core.checkpoint import load_dla
 from ..dla_core.dla import target_spec
 from ..dla_core.features import MLLMFeatures
+from ..dla_core.flux.sampling import DEFAULT_GUIDANCE  # the paper's 2.5 (arXiv 2605.26111); FLUX Kontext's default too
 from ..dla_core.staging import strip_padding
 from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_dla_files, resolve_dla_file
 from .types import CATEGORY, DLA, MLLM_FEATURES, MLLM_OFF_KEY, DLAHandle, expect
 
-DEFAULT_GUIDANCE = 2.5  # PAPER.md; also FLUX Kontext's default distilled guidance
 CONDITIONING_DTYPE = torch.float32  # what ComfyUI's text encoders hand to samplers
 
 

@@ -5,6 +5,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
+from ..dla_core.dtypes import DTYPES
 from ..dla_core.errors import DLAInputError
 from ..dla_core.images import to_pil_list
 from ..dla_core.mllm import LoadedMLLM, encode_joint, load_mllm
@@ -12,7 +13,7 @@ from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_mllm_folders, resolve_mllm_folder
 from .types import CATEGORY, MLLM, MLLM_FEATURES, MLLMHandle, expect
 
-DTYPE_OPTIONS = ["auto", "bf16", "fp16", "fp32"]
+DTYPE_OPTIONS = ["auto", *DTYPES]  # auto, bf16, fp16, fp32
 DEVICE_OPTIONS = ["default", "gpu", "cpu"]
 DEFAULT_IMAGE_SIZE = 448  # InternVL3's tile size: one tile per reference
 

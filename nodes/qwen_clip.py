@@ -24,6 +24,7 @@ from comfy_api.latest import io
 import comfy.utils
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
+from ..dla_core.images import reference_frames
 from ..dla_core.qwen_template import EDIT_TEMPLATE, NATIVE_MLLM_SIDE, edit_user_text, parse_resolution_list, scaled_size
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
@@ -34,8 +35,9 @@ MAX_REFERENCE_INPUTS = 6
 
 
 # ----------------------------------------------------------------------------------------
-# The ONE place that touches ComfyUI internals. tests/integration/test_qwen_clip_internals.py
-# pins every attribute used here, so a ComfyUI refactor fails that test loudly.
+# The ONE place that touches ComfyUI internals. tests/integration/test_qwen_clip.py
+# ::test_comfy_internals_the_layer_capture_reads_are_where_expected pins every attribute used
+# here, so a ComfyUI refactor fails that test loudly.
 # ----------------------------------------------------------------------------------------
 def comfy_qwen_modules(clip) -> dict:
     """Locate the parts of ComfyUI's Qwen2.5-VL text encoder that the layer capture hooks.
@@ -163,22 +165,8 @@ def check_vision_tower(modules: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def _reference_list(images: list) -> list[torch.Tensor]:
-    """Every frame of every connected IMAGE, in order, as [1, H, W, 3]."""
-    refs = []
-    for image in images:
-        if image is None:
-            continue
-        if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
-            raise DLAInputError(f"A reference IMAGE has shape {tuple(image.shape)}; expected [batch, height, width, channels].")
-        if image.shape[-1] == 1:
-            image = image.expand(-1, -1, -1, 3)
-        for frame in image[..., :3].split(1, dim=0):
-            refs.append(frame)
-    return refs
-
-
-def _resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+def resize_area(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[1, H, W, 3] -> [1, height, width, 3] with ComfyUI's "area" resampling, as the native Qwen-Image-Edit nodes."""
     samples = image.movedim(-1, 1)  # [1, 3, H, W]
     return comfy.utils.common_upscale(samples, width, height, "area", "disabled").movedim(1, -1)
 
@@ -189,7 +177,7 @@ def encode_qwen_joint(clip, prompt: str, images: list, mllm_resolution: int = NA
     modules = comfy_qwen_modules(clip)
     if not isinstance(prompt, str):
         raise DLAInputError("The prompt must be text.")
-    refs = _reference_list(images)
+    refs = reference_frames(images)
     if refs:
         check_vision_tower(modules)
     elif not prompt.strip():
@@ -198,7 +186,7 @@ def encode_qwen_joint(clip, prompt: str, images: list, mllm_resolution: int = NA
     images_vl = []
     for ref, side in zip(refs, sides):
         width, height = scaled_size(ref.shape[2], ref.shape[1], side)
-        images_vl.append(_resize(ref, width, height))
+        images_vl.append(resize_area(ref, width, height))
 
     tokens = clip.tokenize(edit_user_text(prompt, len(refs)), images=images_vl, llama_template=EDIT_TEMPLATE)
     with capture_all_layers(modules) as records:
@@ -293,6 +281,3 @@ class DLAQwenCLIPJointEncode(io.ComfyNode):
         ordered = [images.get(f"image{i}") for i in range(1, MAX_REFERENCE_INPUTS + 1)]
         conditioning, features = encode_qwen_joint(clip, prompt, ordered, mllm_resolution, mllm_resolutions)
         return io.NodeOutput(conditioning, features)
-
-
-NODES = [DLAQwenCLIPJointEncode]

@@ -15,28 +15,31 @@ from comfy_api.latest import io
 import node_helpers
 
 from ..dla_core.errors import DLAInputError
-from ..dla_core.qwen_template import NATIVE_VAE_SIDE, VAE_SIZE_MULTIPLE, parse_resolution_list, resolve_reference_method, scaled_size
-from .qwen_clip import CATEGORY, MAX_REFERENCE_INPUTS, _reference_list, _resize
+from ..dla_core.flux.references import REFERENCE_METHODS as FLUX_REFERENCE_METHODS
+from ..dla_core.images import reference_frames
+from ..dla_core.qwen_template import (
+    MODEL_REFERENCE_METHODS,
+    NATIVE_VAE_SIDE,
+    REFERENCE_LATENTS_METHODS,
+    VAE_SIZE_MULTIPLE,
+    parse_resolution_list,
+    resolve_reference_method,
+    scaled_size,
+)
+from .qwen_clip import CATEGORY, MAX_REFERENCE_INPUTS, resize_area
 
 MODEL_OWN_METHOD = "model's own method (leave unset)"
+# Model choices ("qwen_image_edit_2509 (index)", ...) -> model; names from dla_core.qwen_template.
+_MODEL_OF_CHOICE = {f"{model} ({method})": model for model, method in MODEL_REFERENCE_METHODS.items()}
+# The node's options (saved graphs hold these strings): the model's own method, each model's method, every method.
 METHOD_CHOICES = (
     MODEL_OWN_METHOD,
-    "qwen_image_edit_2509 (index)",
-    "qwen_image_edit_2511 (index_timestep_zero)",
-    "flux_kontext (offset)",
-    "index",
-    "offset",
-    "uxo",
-    "index_timestep_zero",
+    *_MODEL_OF_CHOICE,
+    *REFERENCE_LATENTS_METHODS,
     "leave unset",  # the same as MODEL_OWN_METHOD; kept so graphs saved with it still load
 )
 UNSET_CHOICES = (MODEL_OWN_METHOD, "leave unset")
-_MODEL_OF_CHOICE = {
-    "qwen_image_edit_2509 (index)": "qwen_image_edit_2509",
-    "qwen_image_edit_2511 (index_timestep_zero)": "qwen_image_edit_2511",
-    "flux_kontext (offset)": "flux_kontext",
-}
-BASE_METHODS = ("offset", "index", "uxo")
+BASE_METHODS = FLUX_REFERENCE_METHODS  # every ComfyUI version knows FLUX's three placements
 
 
 def available_reference_methods() -> tuple[str, ...]:
@@ -76,14 +79,14 @@ def choose_method(choice: str) -> tuple[str | None, str]:
 
 def encode_reference_latents(vae, images: list, vae_resolution: int, vae_resolutions: str = "") -> list:
     """VAE latents of every reference frame, each scaled to about its own side\u00b2 pixels (sides multiple of 8)."""
-    refs = _reference_list(images)
+    refs = reference_frames(images)
     if not refs:
         raise DLAInputError("Connect at least one reference image to encode.")
     sides = parse_resolution_list(vae_resolutions, len(refs), vae_resolution, "vae_resolutions")
     latents = []
     for ref, side in zip(refs, sides):
         width, height = scaled_size(ref.shape[2], ref.shape[1], side, VAE_SIZE_MULTIPLE)
-        latents.append(vae.encode(_resize(ref, width, height)))
+        latents.append(vae.encode(resize_area(ref, width, height)))
     return latents
 
 
@@ -141,6 +144,3 @@ class DLAReferenceLatents(io.ComfyNode):
         if method is not None:
             out = node_helpers.conditioning_set_values(out, {"reference_latents_method": method})
         return io.NodeOutput(out)
-
-
-NODES = [DLAReferenceLatents]

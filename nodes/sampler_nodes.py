@@ -22,8 +22,8 @@ def _optional_identity(identity):
     return None if identity is None else expect(identity, ReferenceIdentity, "identity", "VAE Identity Encode")
 
 
-def _validate_taus(tau1, tau2):
-    """For ``validate_inputs``: a message instead of an exception; linked (unknown yet) values pass."""
+def validate_taus_input(tau1, tau2):
+    """For the staged nodes' ``validate_inputs``: a message instead of an exception; linked (unknown) values pass."""
     if tau1 is None or tau2 is None:
         return True
     try:
@@ -141,7 +141,7 @@ class DLAStagedKSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None):
-        return _validate_taus(tau1, tau2)
+        return validate_taus_input(tau1, tau2)
 
     @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> io.NodeOutput:
@@ -170,7 +170,7 @@ class DLAStagedGuider(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None):
-        return _validate_taus(tau1, tau2)
+        return validate_taus_input(tau1, tau2)
 
     @classmethod
     def execute(cls, model, positive, cfg, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> io.NodeOutput:

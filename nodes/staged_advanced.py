@@ -24,7 +24,7 @@ from comfy_api.latest import io
 from ..dla_core.errors import DLAInputError
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2
 from ..dla_core.staging import ALL_STAGES
-from .sampler_nodes import _validate_taus, ksample_with_guider
+from .sampler_nodes import ksample_with_guider, validate_taus_input
 from .staged_sampling import STAGE_COND_KEYS, StagedCFGGuider
 from .types import CATEGORY
 
@@ -108,7 +108,7 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
-        return _validate_taus(tau1, tau2)
+        return validate_taus_input(tau1, tau2)
 
     @classmethod
     def execute(cls, model, positive_stage1, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, tau1, tau2,
@@ -116,6 +116,3 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
         negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
         return io.NodeOutput(staged_ksample_advanced(model, seed, steps, cfg, sampler_name, scheduler, latent_image, denoise, tau1, tau2, positives, negatives))
-
-
-NODES = [DLAStagedKSamplerAdvanced]

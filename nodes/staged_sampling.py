@@ -1,11 +1,12 @@
 """The staged guider: one sampler pass whose conditioning follows the stage of each model call.
 
-Stage of a call (PAPER.md): from the normalised time ``t`` of its sigma (``t = sigma`` for
-FLUX), via ``dla_core.schedule``. The three stages' positive/negative conditionings are
-ordinary ComfyUI conditionings, all prepared by ComfyUI's own cond processing, and each
-call goes through the same ``sampling_function`` as ComfyUI's ``CFGGuider``. So when every
-call falls in one stage, sampling is bit-identical to the native sampler given that stage's
-conditioning; nothing in the model is patched, only conditioning keys differ per stage.
+Stage of a call (the paper's multi-stage denoising, arXiv 2605.26111): from the normalised time
+``t`` of its sigma (``t = sigma`` for FLUX), via ``dla_core.schedule``. The three stages'
+positive/negative conditionings are ordinary ComfyUI conditionings, all prepared by ComfyUI's
+own cond processing, and each call goes through the same ``sampling_function`` as ComfyUI's
+``CFGGuider``. So when every call falls in one stage, sampling is bit-identical to the native
+sampler given that stage's conditioning; nothing in the model is patched, only conditioning keys
+differ per stage.
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import torch
 from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
+from ..dla_core.flux.references import REFERENCE_METHODS as FLUX_REFERENCE_METHODS
 
 MLLM = io.Custom("MLLM")
 MLLM_FEATURES = io.Custom("MLLM_FEATURES")
@@ -23,7 +24,7 @@ CATEGORY = "DLA subject"
 # (``[[null_tokens, {"pooled_output": null_pooled}]]``), read by the staged sampler.
 MLLM_OFF_KEY = "dla_mllm_off"
 
-REFERENCE_METHODS = ("offset", "index", "uxo")
+REFERENCE_METHODS = FLUX_REFERENCE_METHODS  # the FLUX placements (dla_core.flux.references)
 
 
 @dataclass(frozen=True)

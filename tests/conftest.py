@@ -19,6 +19,11 @@ from PIL import Image
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
+# Test-only helpers (tiny model builders ``dla_tiny``, the FLUX schedule oracle): ComfyUI owns the
+# top-level name ``tests``, so they are imported by their own unique names from tests/lib.
+_LIB = _ROOT / "tests" / "lib"
+if str(_LIB) not in sys.path:
+    sys.path.insert(0, str(_LIB))
 
 # Session-end line with the ComfyUI / library versions the run used (tests/ci_guard.py).
 from ci_guard import pytest_terminal_summary  # noqa: E402,F401
@@ -26,21 +31,21 @@ from ci_guard import pytest_terminal_summary  # noqa: E402,F401
 
 @pytest.fixture(scope="session")
 def tiny_internvl_dir(tmp_path_factory) -> Path:
-    from dla_core.tiny import build_tiny_internvl
+    from dla_tiny import build_tiny_internvl
 
     return build_tiny_internvl(tmp_path_factory.mktemp("mllm") / "tiny-internvl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen25vl_dir(tmp_path_factory) -> Path:
-    from dla_core.tiny import build_tiny_qwen25vl
+    from dla_tiny import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("mllm") / "tiny-qwen25vl", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory) -> Path:
-    from dla_core.tiny import build_tiny_qwen3vl
+    from dla_tiny import build_tiny_qwen3vl
 
     return build_tiny_qwen3vl(tmp_path_factory.mktemp("mllm") / "tiny-qwen3vl", seed=0)
 

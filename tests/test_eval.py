@@ -17,7 +17,7 @@ def _build_tiny_clip(folder: Path) -> Path:
     """CLIPModel + CLIPProcessor with a byte-level BPE vocabulary (no merges) written offline."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from dla_core.tiny.mllm import bytes_to_unicode  # the same table as CLIP's
+    from dla_core.selftest_models import bytes_to_unicode  # the same table as CLIP's
 
     import torch
 
@@ -142,6 +142,35 @@ def test_clip_i_is_the_mean_over_the_subjects_references(bench, models):
     result = evaluate(bench / "generations", bench / "references", clip=models["clip"])
     assert result["per_subject"]["dog"]["clip_i"] == pytest.approx(expected, abs=1e-6)
     assert result["metrics"]["dino"] is None
+
+
+@pytest.mark.parametrize("kind", ["dino", "dinov2"])
+def test_dino_score_is_the_cosine_of_cls_tokens(bench, models, kind):
+    """Known value: DINO = cosine of ``last_hidden_state[:, 0]`` (the CLS token), computed here by hand from the
+    tiny model's outputs and averaged over the subject's references; a mean over all tokens gives another number."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModel
+
+    model = AutoModel.from_pretrained(models[kind]).eval()
+    processor = AutoImageProcessor.from_pretrained(models[kind])
+    items = collect_items(bench / "generations", bench / "references")
+    dog = next(item for item in items if item.subject == "dog")
+
+    def hidden(path):
+        with Image.open(path) as image:
+            pixels = processor(images=[image.convert("RGB")], return_tensors="pt")
+        with torch.no_grad():
+            return model(**pixels).last_hidden_state[0]  # [tokens, width]
+
+    def mean_cosine(pool):
+        generation = pool(hidden(dog.generation))
+        return float(np.mean([float(torch.nn.functional.cosine_similarity(pool(hidden(r)), generation, dim=0))
+                              for r in dog.references]))
+
+    cls, mean_pooled = mean_cosine(lambda h: h[0]), mean_cosine(lambda h: h.mean(0))
+    result = evaluate(bench / "generations", bench / "references", dino=models[kind])
+    assert result["per_subject"]["dog"]["dino"] == pytest.approx(cls, abs=1e-6)
+    assert abs(mean_pooled - cls) > 1e-3  # so the line above tells CLS pooling from mean pooling
 
 
 def test_dinov2_folder_works_as_dino_model(bench, models):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dla_core.tiny.diffusers_models import flux_config_from_bfl_checkpoint, load_flux_transformer, write_config_folder
-from dla_core.tiny.flux import build_tiny_flux_comfy
+from dla_core.flux.checkpoint import flux_config_from_bfl_checkpoint, load_flux_transformer, write_config_folder
+from dla_tiny.flux import build_tiny_flux_comfy
 
 pytestmark = pytest.mark.slow
 

@@ -103,7 +103,7 @@ def test_unknown_dtype_lists_the_choices(tiny_qwen25vl_dir):
 
 
 def test_auto_dtype_is_the_folders_own_dtype(tmp_path):
-    from dla_core.tiny import build_tiny_qwen25vl
+    from dla_tiny import build_tiny_qwen25vl
 
     folder = build_tiny_qwen25vl(tmp_path / "bf16-qwen", dtype=torch.bfloat16)
     loaded = load_mllm(folder)

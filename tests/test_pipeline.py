@@ -4,10 +4,11 @@ import torch
 from PIL import Image
 
 from dla_core.errors import DLAInputError
-from dla_core.flux_sampling import StagedConditioning, flux_sigmas, staged_euler_sample
+from dla_core.flux.sampling import StagedConditioning, flux_sigmas, staged_euler_sample
 from dla_core.generate import build_embedded_models
 from dla_core.pipeline import DLASubjectPipeline
-from dla_core.schedule import flux_shifted_sigmas, stages_for_sigmas
+from dla_core.schedule import stages_for_sigmas
+from dla_flux_oracle import flux_shifted_sigmas
 
 SIZE = 32
 STEPS = 4
@@ -143,7 +144,7 @@ def test_bad_inputs_raise_clear_errors_before_any_model_runs(reference, change, 
 
 def test_flux_sigmas_are_the_shifted_flux_schedule():
     torch.testing.assert_close(flux_sigmas(1024, 1024, 28), torch.tensor(flux_shifted_sigmas(1024, 1024, 28)))
-    assert stages_for_sigmas(flux_sigmas(1024, 1024, 28), 0.95, 0.85).count(1) == 4  # PAPER.md: 4 / 7 / 17
+    assert stages_for_sigmas(flux_sigmas(1024, 1024, 28), 0.95, 0.85).count(1) == 4  # the paper (arXiv 2605.26111): 4 / 7 / 17
 
 
 def test_all_stage_one_schedule_ignores_reference_latents(pipe):

@@ -1,14 +1,14 @@
-"""Token layout of dla_core.flux_refs: packing and reference placement as ComfyUI's FLUX does it.
+"""Token layout of dla_core.flux.references: packing and reference placement as ComfyUI's FLUX does it.
 
 Expected position ids are written out by hand from the rule in ComfyUI's
-``comfy/ldm/flux/model.py`` (documented in ``dla_core/flux_refs.py``); ComfyUI itself is
+``comfy/ldm/flux/model.py`` (documented in ``dla_core/flux/references.py``); ComfyUI itself is
 exercised by tests/integration/test_pipeline_parity.py.
 """
 import pytest
 import torch
 
 from dla_core.errors import DLAInputError
-from dla_core.flux_refs import (
+from dla_core.flux.references import (
     ReferencePlacement,
     image_position_ids,
     normalize_reference_method,

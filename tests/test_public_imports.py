@@ -44,7 +44,7 @@ def _transformers_submodule_imports(source: str) -> list[tuple[int, str]]:
 
 def test_the_scan_sees_the_pack():
     files = {path.relative_to(ROOT).as_posix() for path in _python_files()}
-    assert {"dla_core/mllm.py", "dla_core/tiny/mllm.py", "tests/test_eval.py", "__init__.py"} <= files
+    assert {"dla_core/mllm.py", "dla_core/selftest_models.py", "tests/test_eval.py", "__init__.py"} <= files
     assert not any(_skipped(part) for name in files for part in Path(name).parts[:-1])
     assert any(name.startswith("nodes/") for name in files) and any(name.startswith("bench/") for name in files)
 
@@ -73,7 +73,7 @@ def test_no_file_imports_a_transformers_submodule():
 
 
 def test_byte_table_is_gpt2s_byte_to_unicode_mapping():
-    from dla_core.tiny.mllm import bytes_to_unicode
+    from dla_core.selftest_models import bytes_to_unicode
 
     table = bytes_to_unicode()
     assert len(table) == 256 and sorted(table) == list(range(256))

@@ -1,19 +1,19 @@
-"""The stage schedule: boundaries exactly as PAPER.md writes them, FLUX's shifted sigmas."""
+"""The stage schedule: boundaries exactly as the paper (arXiv 2605.26111) writes them, FLUX's shifted sigmas."""
 import math
 
 import pytest
 import torch
 
 from dla_core.errors import DLAInputError
+from dla_core.flux.sampling import calculate_mu, image_seq_len
 from dla_core.schedule import (
     describe_schedule,
-    flux_shift_mu,
-    flux_shifted_sigmas,
     stage_for_sigma,
     stage_step_counts,
     stages_for_sigmas,
     validate_taus,
 )
+from dla_flux_oracle import flux_shifted_sigmas
 
 
 def test_t_equal_to_tau1_is_stage_1():
@@ -72,8 +72,8 @@ def test_tensor_and_list_sigmas_give_the_same_stages():
 
 
 def test_flux_shift_at_1024_squared_is_max_shift():
-    assert flux_shift_mu(1024, 1024) == pytest.approx(1.15)
-    assert flux_shift_mu(256, 256) == pytest.approx(0.5)
+    assert calculate_mu(image_seq_len(1024, 1024)) == pytest.approx(1.15)
+    assert calculate_mu(image_seq_len(256, 256)) == pytest.approx(0.5)
 
 
 def test_flux_sigmas_start_at_one_end_at_zero_and_decrease():

@@ -1,8 +1,8 @@
 """Tiny Qwen-Image VAE and FLUX text-encoder builders: the keys ComfyUI's loaders detect, seeded weights."""
 import torch
 
-from dla_core.tiny.flux_text_encoders import TINY_CLIP_L_CONFIG, tiny_clip_l_state_dict, tiny_t5xxl_state_dict
-from dla_core.tiny.qwen_image import tiny_qwen_image_vae_state_dict
+from dla_tiny.flux_text_encoders import TINY_CLIP_L_CONFIG, tiny_clip_l_state_dict, tiny_t5xxl_state_dict
+from dla_tiny.qwen_image import tiny_qwen_image_vae_state_dict
 
 
 def test_qwen_vae_has_the_wan21_layout_comfyui_detects():

@@ -128,7 +128,7 @@ def test_loss_falls_over_both_stages(full_run):
 
 
 def test_loss_csv_has_one_row_per_step_with_stage(full_run):
-    from dla_core.train.trainer import read_loss_csv
+    from dla_train_helpers import read_loss_csv
 
     config, result = full_run
     rows = read_loss_csv(Path(config.train.output_dir) / "loss.csv")
@@ -149,11 +149,48 @@ def test_resumed_run_reproduces_the_uninterrupted_loss_curve(prepared, world):
     assert np.allclose(first.losses + second.losses, straight.losses, rtol=1e-6, atol=1e-7)
 
 
+def test_resume_mid_epoch_reproduces_the_uninterrupted_loss_curve(prepared, world):
+    """Stop where the data stream is inside an epoch (step 5 of batch 2 over 4 samples: sample 2 of epoch 2), so a
+    data order that restarts the epoch (or ignores the position within it) on resume changes the losses."""
+    from dla_core.train.trainer import train
+
+    steps = dict(stage1_steps=3, stage2_steps=4)
+    straight = train(_config(world, output_dir=str(world[0] / "straight_mid"), **steps), export=False)
+    split_config = _config(world, output_dir=str(world[0] / "split_mid"), **steps)
+    first = train(split_config, stop_at_step=5, export=False)
+    assert (5 * 2) % NUM_SAMPLES != 0  # the checkpoint is mid-epoch
+    second = train(split_config, resume="latest", export=False)
+    assert (first.end_step, second.start_step, second.end_step) == (5, 5, 7)
+    assert np.allclose(first.losses + second.losses, straight.losses, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_stream_sampler_started_at_a_batch_continues_the_uninterrupted_stream(world_size, batch_size):
+    """The data order is a pure function of the position in the stream: starting at micro-batch k yields exactly
+    what an uninterrupted sampler yields after k micro-batches, for every k (mid-epoch positions included)."""
+    from itertools import islice
+
+    from dla_core.train.trainer import StreamSampler
+
+    num_samples, length = 5, 40
+    for rank in range(world_size):
+        whole = list(islice(iter(StreamSampler(num_samples, batch_size, seed=3, rank=rank, world=world_size)), length))
+        for start in range(1, 7):
+            resumed = StreamSampler(num_samples, batch_size, seed=3, rank=rank, world=world_size, start_batch=start)
+            skip = start * batch_size
+            assert list(islice(iter(resumed), length - skip)) == whole[skip:], (rank, start)
+    # Every epoch of the global stream is a permutation, and epochs differ (the seed moves with the epoch).
+    stream = list(islice(iter(StreamSampler(num_samples, 1, seed=3)), 3 * num_samples))
+    epochs = [stream[i:i + num_samples] for i in range(0, len(stream), num_samples)]
+    assert all(sorted(e) == list(range(num_samples)) for e in epochs) and len({tuple(e) for e in epochs}) > 1
+
+
 def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
     from safetensors import safe_open
 
     from dla_core.checkpoint import load_dla
-    from dla_core.tiny.diffusers_models import load_flux_transformer
+    from dla_core.flux.checkpoint import load_flux_transformer
     from dla_core.train.export import DLA_FILE, LORA_FILE
 
     config, result = full_run

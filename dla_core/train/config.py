@@ -20,7 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from ..dtypes import TORCH_DTYPE_NAMES
 from ..errors import DLAInputError
+from ..flux.references import DEFAULT_REFERENCE_METHOD, FLUX_DEV_GUIDANCE, REFERENCE_METHODS
 
 # The attention projections of diffusers' FluxTransformer2DModel: image stream (to_q/k/v/out.0),
 # text stream (add_*_proj, to_add_out); single blocks reuse the to_q/k/v names. Matches the
@@ -35,8 +37,7 @@ PAPER_LORA_RANK = 512
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 TIMESTEP_SHIFTS = ("none", "resolution", "fixed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
-REFERENCE_METHODS = ("offset", "index", "uxo")
-CACHE_DTYPES = ("bfloat16", "float16", "float32")
+CACHE_DTYPES = tuple(TORCH_DTYPE_NAMES)  # bfloat16, float16, float32
 
 
 @dataclass
@@ -96,14 +97,14 @@ class TrainConfig:
     warmup_steps: int = 0
     mixed_precision: str = "bf16"  # autocast via accelerate: no | bf16 | fp16
     gradient_checkpointing: bool = False
-    guidance: float = 3.5  # FLUX.1-dev distilled guidance fed during training (diffusers' script default)
+    guidance: float = FLUX_DEV_GUIDANCE  # FLUX.1-dev distilled guidance fed during training (diffusers' script default)
     timestep_sampling: str = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
     timestep_shift: str = "none"  # none | resolution (FLUX's mu from image token count) | fixed
     shift: float = 3.0  # used by timestep_shift: fixed
-    reference_method: str = "offset"  # how identity tokens are placed (as ComfyUI's reference_latents_method)
+    reference_method: str = DEFAULT_REFERENCE_METHOD  # how identity tokens are placed (as ComfyUI's reference_latents_method)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     tensorboard: bool = False

@@ -11,13 +11,22 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import safe_open
 
 from ..errors import DLAInputError
 
 MANIFEST_KEYS = ("reference", "prompt", "target")
 OPTIONAL_MANIFEST_KEYS = ("id",)
 ACCEPTED_IMAGE_MODES = ("RGB",)
+
+# The cache ``prepare`` writes and :class:`CachedFeatureDataset` reads: an index file and numbered shards.
+CACHE_INDEX = "cache.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,6 @@ class CachedFeatureDataset:
     """
 
     def __init__(self, cache_dir: str | Path):
-        from .prepare import CACHE_INDEX, shard_name
-
         self.cache_dir = Path(cache_dir)
         index_file = self.cache_dir / CACHE_INDEX
         if not index_file.is_file():
@@ -130,8 +137,6 @@ class CachedFeatureDataset:
         self.feature_meta = json.loads(self._handle(0).metadata()["features"])
 
     def _handle(self, shard: int):
-        from safetensors import safe_open
-
         if shard not in self._handles:
             handle = safe_open(str(self.cache_dir / self._shard_name(shard)), framework="pt")
             fingerprint = (handle.metadata() or {}).get("fingerprint")
@@ -175,8 +180,6 @@ def collate_samples(items: list[dict]) -> dict:
     ``attention_mask`` [batch, tokens] bool, ``target`` [batch, C, H, W], ``references``
     (list over samples of lists of [C, h, w]), ``prompts``, ``indices``.
     """
-    import torch
-
     longest = max(item["hidden_states"].shape[1] for item in items)
     layers, _, width = items[0]["hidden_states"].shape
     hidden = items[0]["hidden_states"].new_zeros(len(items), layers, longest, width)

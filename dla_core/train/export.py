@@ -14,8 +14,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from ..checkpoint import save_dla
 from ..errors import DLAInputError
+from .data import CachedFeatureDataset
+from .module import TRAINABLE_FILE, build_module, list_checkpoints, load_trainable
 
 LORA_FORMAT = "comfyui-dla-subject/flux-lora"
 DLA_FILE = "dla.safetensors"
@@ -44,8 +48,6 @@ def lora_state_dict(transformer) -> tuple[dict[str, torch.Tensor], dict]:
 
 def save_lora(transformer, path: str | Path, dtype: torch.dtype = torch.bfloat16, extra: dict | None = None) -> Path:
     """Write the LoRA of ``transformer`` to ``path`` (.safetensors) in ComfyUI/diffusers format."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise DLAInputError(f"LoRA files are written as .safetensors; got '{path.name}'.")
@@ -59,8 +61,6 @@ def save_lora(transformer, path: str | Path, dtype: torch.dtype = torch.bfloat16
 
 def export_module(module, config, out_dir: str | Path, lora_dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write ``dla.safetensors`` + ``lora.safetensors`` of a trained :class:`DLAFluxTrainModule`."""
-    from ..checkpoint import save_dla
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dla = module.dla
@@ -78,9 +78,6 @@ def export_checkpoint(config, checkpoint: str | Path | None, out_dir: str | Path
 
     ``checkpoint``: a ``checkpoints/step-*`` folder, or None for the newest one of the run.
     """
-    from .data import CachedFeatureDataset
-    from .trainer import TRAINABLE_FILE, build_module, list_checkpoints, load_trainable
-
     output_dir = Path(config.train.output_dir)
     if checkpoint is None:
         found = list_checkpoints(output_dir)

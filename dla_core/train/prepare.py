@@ -29,21 +29,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..errors import DLAInputError
+from ..flux.checkpoint import load_flux_vae
+from ..mllm import encode_joint, load_mllm
 from .config import DLATrainingConfig, require_paths
-from .data import ManifestRecord, read_manifest
+from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name
 
 CACHE_VERSION = 1
-CACHE_INDEX = "cache.json"
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}.safetensors"
-
-
 def num_shards(num_samples: int, shard_size: int) -> int:
     return (num_samples + shard_size - 1) // shard_size
 
@@ -109,8 +108,6 @@ def reference_pixels(path: str, reference_size: int) -> torch.Tensor:
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:
-    import numpy as np
-
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # [h, w, 3]
     return array.permute(2, 0, 1).float() / 127.5 - 1.0
 
@@ -141,8 +138,6 @@ class PrepareReport:
 
 
 def _shard_fingerprint(path: Path) -> str | None:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return (handle.metadata() or {}).get("fingerprint")
@@ -151,8 +146,6 @@ def _shard_fingerprint(path: Path) -> str | None:
 
 
 def _encode_record(record: ManifestRecord, mllm, vae, config: DLATrainingConfig) -> tuple[dict, dict]:
-    from ..mllm import encode_joint
-
     d = config.data
     cache_dtype = getattr(torch, d.cache_dtype)
     references = []
@@ -219,9 +212,6 @@ def prepare_cache(
     ``max_shards`` stops after writing that many shards (to split long jobs, and in tests to
     simulate an interrupted run).
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     require_paths(config, ["data.manifest", "data.cache_dir", "model.mllm", "model.vae"], "prepare")
     records = read_manifest(config.data.manifest)  # validates every line before any model loads
     if rank is None or world_size is None:
@@ -246,9 +236,6 @@ def prepare_cache(
     start = time.perf_counter()
     written: list[int] = []
     if todo:
-        from ..mllm import load_mllm
-        from ..tiny.diffusers_models import load_flux_vae
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mllm = load_mllm(config.model.mllm, dtype=getattr(torch, config.model.mllm_dtype), device=device)
         vae = load_flux_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..checkpoint import init_dla, save_dla
+from ..selftest_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae, build_tiny_internvl
+from ..spec import read_mllm_spec
+
 # scaling_factor 2.0 (FLUX: 0.3611) gives the random VAE's latents unit-ish variance: a visible signal to learn.
 TINY_VAE_SCALING = 2.0
 
 
 def build_tiny_training_world(folder: str | Path, num_samples: int = 4, seed: int = 0) -> Path:
     """Write tiny models and ``num_samples`` synthetic examples under ``folder``; returns it."""
-    from ..checkpoint import init_dla, save_dla
-    from ..spec import read_mllm_spec
-    from ..tiny.diffusers_models import build_tiny_diffusers_flux, build_tiny_diffusers_vae
-    from ..tiny.mllm import build_tiny_internvl
-
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     mllm = build_tiny_internvl(root / "mllm", seed=seed)

@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))  # dla_core, after ComfyUI (whose top-level 'nodes' module shadows ours)
 PACK_DIR_NAME = "comfyui-dla-subject"
-TINY_TREE_VERSION = "3"  # bump when a tiny builder changes
+TINY_TREE_VERSION = "4"  # bump when a tiny builder changes
 
 TINY_FLUX = "tiny_flux.safetensors"
 TINY_VAE = "tiny_ae.safetensors"
@@ -82,7 +82,7 @@ def tiny_flux_width(comfy_path: Path | None) -> int:
     width and head count from ``img_in``/``txt_in``. Decided from the detection code itself, so a
     ComfyUI that changes it again picks the right tiny model.
     """
-    from dla_core.tiny.flux import FLUX_HIDDEN
+    from dla_tiny.flux import FLUX_HIDDEN
 
     if comfy_path is None:
         return FLUX_HIDDEN
@@ -100,8 +100,8 @@ def build_tiny_models_tree(models_dir: str | Path, flux_hidden: int | None = Non
     from dla_core.checkpoint import init_dla, save_dla
     from dla_core.cli import main as dla_cli
     from dla_core.spec import MLLMSpec, read_mllm_spec
-    from dla_core.tiny.flux import build_tiny_flux_comfy, build_tiny_flux_lora, build_tiny_flux_vae
-    from dla_core.tiny.mllm import build_tiny_internvl, build_tiny_qwen25vl
+    from dla_tiny.flux import build_tiny_flux_comfy, build_tiny_flux_lora, build_tiny_flux_vae
+    from dla_tiny.mllm import build_tiny_internvl, build_tiny_qwen25vl
 
     models = Path(models_dir)
     flux_kwargs = {} if flux_hidden is None else {"hidden": flux_hidden}
@@ -115,12 +115,32 @@ def build_tiny_models_tree(models_dir: str | Path, flux_hidden: int | None = Non
         code = dla_cli(["init-dla", "--mllm", str(folder), "--target", "flux", "--out", str(models / "dla" / name)])
         if code != 0:
             raise RuntimeError(f"init-dla failed for {folder}")
+    give_dla_a_learned_null(models / "dla" / TINY_DLA, seed=5)
     spec = read_mllm_spec(mllm)
     wrong = MLLMSpec(family=spec.family, num_layers=spec.num_layers, width=spec.width * 2, name="wider-internvl")
     save_dla(init_dla(wrong, target="flux"), models / "dla" / TINY_DLA_OTHER_WIDTH)
     for sub in ("checkpoints", "text_encoders", "clip_vision"):
         (models / sub).mkdir(exist_ok=True)
     return models
+
+
+def give_dla_a_learned_null(path: Path, seed: int) -> None:
+    """Overwrite the (zero-initialised) null tokens / null pooled vector of the DLA at ``path`` with random values.
+
+    A trained DLA's null is not zero; a zero null would let "stage 3 carries the learned null" pass on code that
+    zeroes the text instead (what ConditioningZeroOut does).
+    """
+    import torch
+
+    from dla_core.checkpoint import load_dla, save_dla
+
+    dla = load_dla(path)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        dla.null_tokens.copy_(torch.randn(dla.null_tokens.shape, generator=generator))
+        if dla.null_pooled is not None:
+            dla.null_pooled.copy_(torch.randn(dla.null_pooled.shape, generator=generator))
+    save_dla(dla, path)
 
 
 def _cached_tree(root: Path, flux_hidden: int) -> Path:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PACK_NODE_MODULES = ("qwen_clip", "qwen_identity", "staged_advanced")
 
 
 def pack_package_name() -> str:
@@ -27,13 +26,3 @@ def pack_package_name() -> str:
 def pack_module(submodule: str):
     """A module of the pack as ComfyUI loaded it, e.g. ``pack_module("nodes.qwen_clip")``."""
     return importlib.import_module(f"{pack_package_name()}.{submodule}")
-
-
-def register_h7_nodes() -> None:
-    """Make sure the Qwen / advanced-staging node ids are registered in ComfyUI (as the extension would)."""
-    import nodes as comfy_nodes
-
-    for name in PACK_NODE_MODULES:
-        for cls in pack_module(f"nodes.{name}").NODES:
-            node_id = cls.GET_SCHEMA().node_id if hasattr(cls, "GET_SCHEMA") else cls.define_schema().node_id
-            comfy_nodes.NODE_CLASS_MAPPINGS.setdefault(node_id, cls)

@@ -36,7 +36,7 @@ def models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     import comfy.sd
     from tiny_flux2 import build_tiny_flux2, comfy_has_flux2
 
-    from dla_core.tiny.qwen_image import build_tiny_qwen_image_dit
+    from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
     root = tmp_path_factory.mktemp("latent-tag-models")
     out = {

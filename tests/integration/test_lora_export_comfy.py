@@ -21,7 +21,7 @@ ATOL = 1e-5  # float32 on both sides; ComfyUI merges B@A into the weight, peft a
 
 @pytest.fixture(scope="module")
 def lora_setup(comfy, tiny_models_dir, tmp_path_factory):
-    from dla_core.tiny.diffusers_models import load_flux_transformer
+    from dla_core.flux.checkpoint import load_flux_transformer
     from dla_core.train.config import config_from_dict
     from dla_core.train.export import save_lora
     from dla_core.train.trainer import add_lora
@@ -62,7 +62,7 @@ def _comfy_velocity(patcher, inputs) -> torch.Tensor:
 
 
 def _diffusers_velocity(transformer, inputs) -> torch.Tensor:
-    from dla_core.flux_refs import flux_forward
+    from dla_core.flux.references import flux_forward
 
     with torch.no_grad():
         return flux_forward(transformer, inputs["latents"], inputs["sigma"], inputs["context"], inputs["pooled"],

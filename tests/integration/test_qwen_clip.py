@@ -3,14 +3,14 @@
 The tiny text encoder goes through ComfyUI's real loader (``comfy.sd.load_clip``, type
 qwen_image). ComfyUI fixes the 7B config for that type, so the tests pass ComfyUI's own
 ``qwen25_7b_model_config`` model option to shrink the language model; the vision tower is
-ComfyUI's full-size one (see dla_core/tiny/qwen_image.py).
+ComfyUI's full-size one (see tests/lib/dla_tiny/qwen_image.py).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dla_core.tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
+from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,9 +46,8 @@ def input_error(comfy):
 
 @pytest.fixture(scope="module")
 def pack(comfy):
-    from qwen_staging_support import pack_module, register_h7_nodes
+    from qwen_staging_support import pack_module
 
-    register_h7_nodes()
     return pack_module("nodes.qwen_clip")
 
 

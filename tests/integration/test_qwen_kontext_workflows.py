@@ -91,8 +91,8 @@ def stand_ins(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
 
     import folder_paths
 
-    from dla_core.tiny.flux_text_encoders import build_tiny_clip_l, build_tiny_t5xxl
-    from dla_core.tiny.qwen_image import DIT_READY_TE_CONFIG, build_tiny_qwen25vl_te, build_tiny_qwen_image_dit, build_tiny_qwen_image_vae
+    from dla_tiny.flux_text_encoders import build_tiny_clip_l, build_tiny_t5xxl
+    from dla_tiny.qwen_image import DIT_READY_TE_CONFIG, build_tiny_qwen25vl_te, build_tiny_qwen_image_dit, build_tiny_qwen_image_vae
 
     root = tmp_path_factory.mktemp("qwen-kontext-models")
     build_tiny_qwen_image_dit(root / "diffusion_models" / "qwen_image_edit_2509_fp8_e4m3fn.safetensors", seed=0)

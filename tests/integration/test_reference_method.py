@@ -28,7 +28,7 @@ def qwen_2511(comfy, tmp_path_factory):
     """A tiny Qwen-Image-Edit-2511-style DiT (1 block, with the 2511 marker), loaded by ComfyUI's own loader."""
     import comfy.sd
 
-    from dla_core.tiny.qwen_image import build_tiny_qwen_image_dit
+    from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
     path = build_tiny_qwen_image_dit(tmp_path_factory.mktemp("qwen-2511") / "qwen_image_edit_2511_tiny.safetensors",
                                      seed=0, index_timestep_zero=True)
@@ -52,7 +52,7 @@ def qwen_vae(comfy, tmp_path_factory):
     import comfy.sd
     import comfy.utils
 
-    from dla_core.tiny.qwen_image import build_tiny_qwen_image_vae
+    from dla_tiny.qwen_image import build_tiny_qwen_image_vae
 
     path = build_tiny_qwen_image_vae(tmp_path_factory.mktemp("qwen-vae") / "qwen_image_vae.safetensors", seed=0)
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))

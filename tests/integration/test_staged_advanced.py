@@ -20,13 +20,6 @@ DENOISE = 0.6  # int(steps / denoise) > steps, so the first sigma is below 1 and
 TAUS_FOR_STAGE = {1: (0.0, 0.0), 2: (1.0, 0.0), 3: (1.0, 1.0)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _registered(comfy):
-    from qwen_staging_support import register_h7_nodes
-
-    register_h7_nodes()
-
-
 def _stage_graph(add_dla_pipeline, graph, stage: int, cfg: float):
     out = graph.out
     p = add_dla_pipeline(graph)

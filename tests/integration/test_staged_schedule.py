@@ -33,6 +33,51 @@ def test_mixed_schedule_differs_from_every_single_stage(comfy, graph, dla_pipeli
         assert not torch.allclose(mixed_latent, comfy.output(single)["samples"], atol=1e-4)
 
 
+# max |staged - native composition| measured 1.91e-06 on both rows (ComfyUI 0.3.64 and 0.33.0); see the test below.
+COMPOSITION_ATOL = 1e-5
+
+
+def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(comfy, graph, dla_pipeline,
+                                                                               staged_sampler):
+    """tau 0.95 / 0.85 over 2 euler steps = step 1 (t=1) with stage 1's conditioning, then step 2 (t=0.7595) with
+    stage 3's: two native KSamplerAdvanced over the same "simple" schedule, split after step 1.
+
+    Not bit-identical: for FLUX (CONST) ComfyUI divides the first pass's leftover-noise latent by (1 - sigma)
+    (``inverse_noise_scaling``) and the second pass multiplies it by (1 - sigma) again (``noise_scaling`` with zero
+    noise), which rounds in float32: max |diff| 1.91e-06 measured on both rows; euler keeps no state across the
+    split. A wrong stage for step 2 moves the latent by ~0.66 (a stage selection shifted by 0.1 in t, tried), and the
+    composition with stage 2 in step 2 must differ by > 1000x the tolerance (asserted).
+    """
+    nodes = dla_pipeline(graph)
+    mixed = staged_sampler(graph, nodes)
+    stage1 = nodes.positive  # stage 1: the DLA's conditioning as it is
+    stage3 = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage="3: identity only",
+                       identity=graph.out(nodes.identity))
+    common = dict(model=graph.out(nodes.model), noise_seed=7, steps=2, cfg=1.0, sampler_name="euler",
+                  scheduler="simple")
+    first = graph.add("KSamplerAdvanced", add_noise="enable", positive=graph.out(stage1), negative=graph.out(stage1),
+                      latent_image=graph.out(nodes.latent), start_at_step=0, end_at_step=1,
+                      return_with_leftover_noise="enable", **common)
+    second = graph.add("KSamplerAdvanced", add_noise="disable", positive=graph.out(stage3), negative=graph.out(stage3),
+                       latent_image=graph.out(first), start_at_step=1, end_at_step=10000,
+                       return_with_leftover_noise="disable", **common)
+    # The same composition with stage 2 in the second step: what a wrong split would give.
+    stage2 = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage="2: MLLM + identity",
+                       identity=graph.out(nodes.identity))
+    wrong = graph.add("KSamplerAdvanced", add_noise="disable", positive=graph.out(stage2), negative=graph.out(stage2),
+                      latent_image=graph.out(first), start_at_step=1, end_at_step=10000,
+                      return_with_leftover_noise="disable", **common)
+    for node in (mixed, second, wrong):
+        _save(graph, node)
+    result = comfy.run(graph.prompt)
+    assert result.success, result.error_text
+    mixed_latent, native_latent = comfy.output(mixed)["samples"], comfy.output(second)["samples"]
+    difference = (mixed_latent - native_latent).abs().max().item()
+    print(f"mixed staged vs native composition: max |diff| = {difference:.3g}")
+    assert difference <= COMPOSITION_ATOL
+    assert (comfy.output(wrong)["samples"] - native_latent).abs().max().item() > 1000 * COMPOSITION_ATOL
+
+
 def test_guider_picks_the_stage_of_every_model_call_of_a_second_order_sampler(comfy, graph, dla_pipeline):
     nodes = dla_pipeline(graph)
     guider = graph.add(

@@ -5,7 +5,7 @@ type qwen_image, a 4.7B T5-XXL for type flux), so a workflow that loads the tiny
 through the stock loaders would build full-size models. ``comfy.sd.load_clip`` honours
 ``model_options["<model_name>_model_config"]`` (comfy/sd1_clip.py; for CLIP-L files ComfyUI
 builds that entry from ``model_options["model_config"]``), which the stock nodes never pass. These nodes run the stock nodes' own ``load_clip`` with those options added (the tiny
-configs of dla_core/tiny), nothing else changed.
+configs of tests/lib/dla_tiny), nothing else changed.
 
 The run-on-tiny-models tests load this package into their ComfyUI with ComfyUI's own
 custom-node loader and rewrite a workflow's CLIPLoader / DualCLIPLoader nodes to these ids.
@@ -22,11 +22,12 @@ import comfy.sd
 import nodes as comfy_nodes
 
 _REPO_ROOT = Path(__file__).resolve().parents[4]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.append(str(_REPO_ROOT))
+for _path in (_REPO_ROOT, _REPO_ROOT / "tests" / "lib"):  # dla_core; the test-only dla_tiny
+    if str(_path) not in sys.path:
+        sys.path.append(str(_path))
 
-from dla_core.tiny.flux_text_encoders import COMFY_MODEL_OPTIONS as _FLUX_TE_OPTIONS  # noqa: E402
-from dla_core.tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, DIT_READY_TE_CONFIG  # noqa: E402
+from dla_tiny.flux_text_encoders import COMFY_MODEL_OPTIONS as _FLUX_TE_OPTIONS  # noqa: E402
+from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, DIT_READY_TE_CONFIG  # noqa: E402
 
 # Qwen2.5-VL: the tiny config whose output fits the Qwen-Image DiT (3584 wide); FLUX: CLIP-L + T5.
 TINY_TEXT_ENCODER_OPTIONS = {COMFY_TE_MODEL_OPTIONS_KEY: dict(DIT_READY_TE_CONFIG), **_FLUX_TE_OPTIONS}

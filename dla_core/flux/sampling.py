@@ -23,21 +23,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .errors import DLAInputError
-from .flux_refs import DEFAULT_REFERENCE_METHOD, flux_forward
-from .schedule import (
-    FLUX_BASE_SEQ_LEN,
-    FLUX_BASE_SHIFT,
-    FLUX_MAX_SEQ_LEN,
-    FLUX_MAX_SHIFT,
-    STAGE_IDENTITY_ONLY,
-    STAGE_MLLM_ONLY,
-    stage_for_sigma,
-)
+from ..errors import DLAInputError
+from ..schedule import STAGE_IDENTITY_ONLY, STAGE_MLLM_ONLY, stage_for_sigma
+from .references import DEFAULT_REFERENCE_METHOD, flux_forward
 
 VAE_SCALE_FACTOR = 8  # FLUX's VAE downsamples 8x
 LATENT_CHANNELS = 16
+DEFAULT_GUIDANCE = 2.5  # the paper's inference guidance; FLUX Kontext's default distilled guidance too
+
+# FLUX's resolution-dependent shift (diffusers' FlowMatchEulerDiscreteScheduler config for
+# FLUX.1-dev and ComfyUI's ModelSamplingFlux node): mu is linear in the image sequence
+# length, from BASE_SHIFT at 256 tokens to MAX_SHIFT at 4096 tokens.
+FLUX_BASE_SHIFT = 0.5
+FLUX_MAX_SHIFT = 1.15
+FLUX_BASE_SEQ_LEN = 256
+FLUX_MAX_SEQ_LEN = 4096
 
 # FLUX.1-dev's scheduler/scheduler_config.json.
 FLUX_SCHEDULER_CONFIG = {
@@ -64,13 +66,22 @@ def image_seq_len(height: int, width: int) -> int:
 
 
 def calculate_mu(seq_len: int, config: dict = FLUX_SCHEDULER_CONFIG) -> float:
-    """FLUX's shift ``mu``: linear in the token count (diffusers' ``calculate_shift``)."""
+    """FLUX's shift ``mu`` for ``seq_len`` packed image tokens: the one ``mu`` of the pack.
+
+    Linear in the token count, evaluated in the order of diffusers' ``calculate_shift`` (which
+    ComfyUI's ModelSamplingFlux node matches): ``mu = seq_len * m + b``. Sampling and training both use it.
+    """
     slope = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
-    return seq_len * slope + config["base_shift"] - slope * config["base_image_seq_len"]
+    intercept = config["base_shift"] - slope * config["base_image_seq_len"]
+    return seq_len * slope + intercept
 
 
 def flux_sigmas(height: int, width: int, steps: int, device=None) -> torch.Tensor:
-    """Sigmas [steps + 1] (trailing 0) for ``steps`` steps at ``height`` x ``width`` pixels."""
+    """Sigmas [steps + 1] (trailing 0) for ``steps`` steps at ``height`` x ``width`` pixels: the pack's one FLUX schedule.
+
+    Unshifted times ``linspace(1, 1/steps, steps)`` (diffusers' FluxPipeline), each shifted to
+    ``e^mu / (e^mu + 1/t - 1)`` with :func:`calculate_mu`.
+    """
     if not isinstance(steps, int) or steps < 1:
         raise DLAInputError(f"steps must be a whole number of at least 1, got {steps!r}.")
     scheduler = make_flux_scheduler()
@@ -115,7 +126,7 @@ def staged_euler_sample(
     conditioning: StagedConditioning,
     tau1: float,
     tau2: float,
-    guidance: float | None = 2.5,
+    guidance: float | None = DEFAULT_GUIDANCE,
     true_cfg_scale: float = 1.0,
     progress: bool = True,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -127,8 +138,6 @@ def staged_euler_sample(
     (:meth:`StagedConditioning.negative_for_stage`) and mixes ``neg + scale * (pos - neg)``.
     ``callback(step, stage, latents)`` runs after each step.
     """
-    from tqdm.auto import tqdm
-
     x = latents.to(torch.float32)
     stages: list[int] = []
     steps = len(sigmas) - 1

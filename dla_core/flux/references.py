@@ -27,11 +27,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import DLAInputError
+from ..errors import DLAInputError
 
 PATCH_SIZE = 2  # FLUX packs 2x2 latent pixels into one token
 REFERENCE_METHODS = ("offset", "index", "uxo")
 DEFAULT_REFERENCE_METHOD = "offset"
+# FLUX.1-dev's default distilled guidance (diffusers' FluxPipeline and training script): what a call without one feeds.
+FLUX_DEV_GUIDANCE = 3.5
 
 
 def normalize_reference_method(method: str | None) -> str:
@@ -186,7 +188,7 @@ def reference_tokens(
     return torch.cat(tokens, dim=1), torch.cat(ids, dim=0)
 
 
-def flux_forward(
+def flux_velocity_tokens(
     transformer,
     latents: torch.Tensor,
     sigma: torch.Tensor | float,
@@ -195,13 +197,18 @@ def flux_forward(
     guidance: float | torch.Tensor | None = None,
     reference_latents: Sequence[torch.Tensor] | None = None,
     reference_method: str = DEFAULT_REFERENCE_METHOD,
+    text_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One FLUX velocity prediction with ComfyUI's token layout, on a diffusers transformer.
+    """One FLUX velocity prediction with ComfyUI's token layout, as packed tokens: the one FLUX call of the pack.
 
-    latents: [batch, C, H, W] in model space (VAE latent after shift/scale); sigma: flow time
-    in [0, 1] (scalar or [batch]); context: [batch, tokens, 4096]; pooled: [batch, 768];
-    guidance: FLUX distilled guidance (ignored by a model without guidance embedding).
-    Returns the velocity [batch, C, H, W] for the target image only (reference tokens dropped).
+    Inference (:func:`flux_forward`) and training (``dla_core.train.module``) both call it.
+    latents: [batch, C, H, W] in model space (VAE latent after shift/scale); sigma: flow time in
+    [0, 1] (scalar or [batch]); context: [batch, tokens, 4096]; pooled: [batch, 768];
+    guidance: FLUX distilled guidance (ignored by a model without guidance embedding; None ->
+    :data:`FLUX_DEV_GUIDANCE`). ``text_mask`` ([batch, tokens] bool, valid tokens first): padding
+    shared by the whole batch is cut off and the rest is hidden from every query by a key mask,
+    exactly as if it were absent. Returns the velocity of the target image's tokens
+    [batch, patches, C*4] in the transformer's dtype (reference tokens dropped).
     """
     batch, _, height, width = latents.shape
     dtype = transformer.dtype
@@ -213,10 +220,18 @@ def flux_forward(
     if ref_tokens is not None:
         image = torch.cat([image, ref_tokens.to(device=device, dtype=image.dtype)], dim=1)
         image_ids = torch.cat([image_ids, ref_ids.to(device)], dim=0)
+    attention_kwargs = None
+    if text_mask is not None:
+        keep = int(text_mask.sum(1).max())  # valid tokens are left-aligned: trim shared padding
+        context, text_mask = context[:, :keep], text_mask[:, :keep]
+        if not bool(text_mask.all()):
+            # Padding keys are invisible to every query: exactly as if the padding were absent.
+            key_mask = torch.cat([text_mask, text_mask.new_ones(batch, image.shape[1])], dim=1)
+            attention_kwargs = {"attention_mask": key_mask[:, None, None, :]}
     timestep = torch.as_tensor(sigma, device=device, dtype=torch.float32).reshape(-1).expand(batch)
     guidance_tensor = None
     if getattr(transformer.config, "guidance_embeds", False):
-        value = 3.5 if guidance is None else guidance
+        value = FLUX_DEV_GUIDANCE if guidance is None else guidance
         guidance_tensor = torch.as_tensor(value, device=device, dtype=torch.float32).reshape(-1).expand(batch)
     out = transformer(
         hidden_states=image.to(dtype),
@@ -226,7 +241,24 @@ def flux_forward(
         img_ids=image_ids,
         txt_ids=text_position_ids(context.shape[1], device=device),
         guidance=None if guidance_tensor is None else guidance_tensor.to(dtype),
+        joint_attention_kwargs=attention_kwargs,
         return_dict=False,
     )[0]
-    out = out[:, :image_tokens]  # [batch, patches, C*4]
+    return out[:, :image_tokens]  # [batch, patches, C*4]
+
+
+def flux_forward(
+    transformer,
+    latents: torch.Tensor,
+    sigma: torch.Tensor | float,
+    context: torch.Tensor,
+    pooled: torch.Tensor,
+    guidance: float | torch.Tensor | None = None,
+    reference_latents: Sequence[torch.Tensor] | None = None,
+    reference_method: str = DEFAULT_REFERENCE_METHOD,
+) -> torch.Tensor:
+    """:func:`flux_velocity_tokens` unpacked: the target image's velocity [batch, C, H, W], in ``latents``' dtype."""
+    height, width = latents.shape[-2:]
+    out = flux_velocity_tokens(transformer, latents, sigma, context, pooled, guidance, reference_latents,
+                               reference_method)
     return unpack_latents(out, height, width).to(latents.dtype)

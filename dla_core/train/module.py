@@ -1,0 +1,156 @@
+"""The trained module (DLA + LoRA'd FLUX transformer), its loss, and its checkpoint files.
+
+:class:`DLAFluxTrainModule` is what accelerate wraps; its ``forward`` is one flow-matching loss:
+condition dropout through :meth:`DualLayerAggregation.drop_to_null` (the "MLLM off" the sampler's
+stage 3 uses) and the FLUX call of inference, :func:`dla_core.flux.references.flux_velocity_tokens`
+(text, image and reference tokens laid out as ComfyUI does), with a key mask over the context padding.
+Used by :mod:`.trainer` (the loop) and :mod:`.export` (checkpoint -> DLA + LoRA files).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..checkpoint import load_dla
+from ..errors import DLAInputError
+from ..features import MLLMFeatures
+from ..flux.checkpoint import load_flux_transformer
+from ..flux.references import flux_velocity_tokens, pack_latents
+from .config import DLATrainingConfig
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "step-"
+TRAINABLE_FILE = "trainable.safetensors"
+
+# Dropout event codes, per sample.
+KEEP_BOTH, MLLM_OFF, IDENTITY_OFF, BOTH_OFF = 0, 1, 2, 3
+
+
+class DLAFluxTrainModule(nn.Module):
+    """DLA + LoRA'd FLUX transformer; ``forward`` returns the flow-matching loss of a batch.
+
+    One module so that DDP/FSDP wrap every trainable weight (the DLA's null sequence included).
+    """
+
+    def __init__(self, dla: nn.Module, transformer: nn.Module, feature_meta: dict, guidance: float, reference_method: str):
+        super().__init__()
+        self.dla = dla
+        self.transformer = transformer
+        self.feature_meta = feature_meta
+        self.guidance = guidance
+        self.reference_method = reference_method
+
+    def features(self, batch: dict) -> MLLMFeatures:
+        meta = self.feature_meta
+        return MLLMFeatures(
+            hidden_states=batch["hidden_states"],
+            image_mask=batch["image_mask"],
+            text_mask=batch["text_mask"],
+            attention_mask=batch["attention_mask"],
+            family=meta["family"],
+            num_layers=int(meta["num_layers"]),
+            width=int(meta["width"]),
+            layer_indices=tuple(meta["layer_indices"]),
+            prompts=tuple(batch.get("prompts", ())),
+            model_name=meta.get("model_name", ""),
+        )
+
+    def conditioning(self, batch: dict, mllm_off: torch.Tensor):
+        """DLA output with the learned null sequence where ``mllm_off`` (:meth:`DualLayerAggregation.drop_to_null`).
+
+        Returns context [batch, tokens, C], mask [batch, tokens] bool, pooled [batch, P].
+        """
+        cond = self.dla.drop_to_null(self.dla(self.features(batch)), mllm_off)
+        return cond.tokens, cond.token_mask, cond.pooled
+
+    def forward(self, batch: dict, noise: torch.Tensor, sigmas: torch.Tensor, events: torch.Tensor, stage: int) -> torch.Tensor:
+        x0 = batch["target"]  # [batch, C, H, W]
+        device = x0.device
+        noise, sigmas = noise.to(device, x0.dtype), sigmas.to(device, x0.dtype)
+        mllm_off = (events == MLLM_OFF) | (events == BOTH_OFF)
+        identity_on = (events == KEEP_BOTH) | (events == MLLM_OFF) if stage == 2 else torch.zeros_like(mllm_off)
+        context, context_mask, pooled = self.conditioning(batch, mllm_off)
+        s = sigmas[:, None, None, None]
+        noisy = (1 - s) * x0 + s * noise
+        target = noise - x0  # flow-matching velocity
+
+        # Samples whose extra image tokens share a layout run together (diffusers takes one id table per call).
+        groups: dict[tuple, list[int]] = {}
+        for row in range(x0.shape[0]):
+            refs = batch["references"][row] if bool(identity_on[row]) else []
+            groups.setdefault(tuple(tuple(r.shape) for r in refs), []).append(row)
+        per_sample = []
+        for layout, rows in groups.items():
+            idx = torch.tensor(rows, device=device)
+            refs = [torch.stack([batch["references"][r][k] for r in rows]).to(device, x0.dtype) for k in range(len(layout))]
+            prediction = flux_velocity_tokens(
+                self.transformer, noisy[idx], sigmas[idx], context[idx], pooled[idx], self.guidance, refs,
+                self.reference_method, text_mask=context_mask[idx],
+            ).float()  # target tokens only
+            per_sample.append(((prediction - pack_latents(target[idx]).float()) ** 2).mean(dim=(1, 2)))
+        losses = torch.cat(per_sample)  # [batch], in group order
+        return losses.mean()
+
+
+# ----------------------------------------------------------------------------- building and checkpoint files
+
+
+def add_lora(transformer: nn.Module, config: DLATrainingConfig) -> None:
+    """Freeze the base transformer and add the peft LoRA adapter (B = 0, so the start is the base model)."""
+    from peft import LoraConfig
+
+    lora = config.lora
+    transformer.requires_grad_(False)
+    transformer.add_adapter(
+        LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.alpha if lora.alpha is not None else lora.rank,
+            lora_dropout=lora.dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(lora.target_modules),
+        )
+    )
+    if not any(p.requires_grad for p in transformer.parameters()):
+        raise DLAInputError(f"lora.target_modules {lora.target_modules} match no layer of the FLUX transformer.")
+    for param in transformer.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()  # trainable weights in fp32 even over a bf16 base
+
+
+def build_module(config: DLATrainingConfig, feature_meta: dict, base_dtype: torch.dtype = torch.float32) -> DLAFluxTrainModule:
+    """Load FLUX (frozen, + LoRA) and the init DLA (trainable) into one module."""
+    transformer = load_flux_transformer(config.model.flux, dtype=base_dtype)
+    add_lora(transformer, config)
+    if config.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    dla = load_dla(config.model.init_dla, dtype=torch.float32)
+    dla.requires_grad_(True)
+    return DLAFluxTrainModule(dla, transformer, feature_meta, config.train.guidance, config.train.reference_method)
+
+
+def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def load_trainable(module: nn.Module, path: Path) -> None:
+    """Load a ``trainable.safetensors`` into the matching parameters (all must be present)."""
+    state = load_file(str(path))
+    params = dict(module.named_parameters())
+    expected = {name for name, p in params.items() if p.requires_grad}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise DLAInputError(f"Checkpoint '{path}' lacks {len(missing)} trainable weights (e.g. {missing[0]}): "
+                            "it was written with another LoRA/DLA setup. Use the matching config.")
+    with torch.no_grad():
+        for name in expected:
+            params[name].copy_(state[name].to(params[name].dtype))
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
