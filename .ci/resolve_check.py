@@ -10,6 +10,7 @@ Prints the versions pip picked, then fails (exit 1, saying what broke) unless
   * with --self-test: `python -m dla_core generate` runs the whole method end to end on its embedded
     tiny random models (InternVL processor, DLA, staged FLUX, VAE decode) in this environment.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -20,8 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHOWN = ("transformers", "diffusers", "peft", "accelerate", "huggingface-hub", "tokenizers", "torch", "torchvision")
-IMPORTS = ("import transformers, diffusers, peft, accelerate; from transformers import AutoProcessor; "
-           "import torchvision")
+IMPORTS = "import transformers, diffusers, peft, accelerate; from transformers import AutoProcessor; import torchvision"
 
 
 def version(name: str) -> str:
@@ -50,8 +50,19 @@ def main(argv: list[str]) -> int:
 
             reference = Path(tmp) / "reference.png"
             Image.new("RGB", (64, 48), (180, 120, 60)).save(reference)
-            command = [sys.executable, "-m", "dla_core", "generate", "--reference", str(reference),
-                       "--prompt", "the subject on a beach", "--out", str(Path(tmp) / "out.png"), "--no-progress"]
+            command = [
+                sys.executable,
+                "-m",
+                "dla_core",
+                "generate",
+                "--reference",
+                str(reference),
+                "--prompt",
+                "the subject on a beach",
+                "--out",
+                str(Path(tmp) / "out.png"),
+                "--no-progress",
+            ]
             ok = run("self-test", command, cwd=REPO_ROOT) and (Path(tmp) / "out.png").is_file() and ok
     print(f"[resolve] {name}: {'OK' if ok else 'BROKEN'}", flush=True)
     return 0 if ok else 1

@@ -21,6 +21,7 @@ allocator, hence RSS.
 
 Run: ``python bench/bench_capture.py [--tokens 1300] [--repeats 3]``. Prints ratios; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,12 +104,16 @@ def _memory_child(folder: Path, tokens: int, variant: str) -> None:
     peak[0] = max(peak[0], _rss())
     done.set()
     sampler.join()
-    print(json.dumps({
-        "variant": variant,
-        "peak_delta": peak[0] - before,
-        "result_bytes": result.numel() * result.element_size(),
-        "tokens": int(inputs["input_ids"].shape[1]),
-    }))
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "peak_delta": peak[0] - before,
+                "result_bytes": result.numel() * result.element_size(),
+                "tokens": int(inputs["input_ids"].shape[1]),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -139,24 +144,41 @@ def main() -> None:
     memory = {}
     for variant in VARIANTS:
         child = subprocess.run(
-            [sys.executable, __file__, "--tokens", str(args.tokens), "--folder", str(args.folder), "--memory-child", variant],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--tokens",
+                str(args.tokens),
+                "--folder",
+                str(args.folder),
+                "--memory-child",
+                variant,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
             env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"},
         )
         memory[variant] = json.loads(child.stdout.strip().splitlines()[-1])
 
     mib = 2**20
     captured = memory["capture"]["result_bytes"]
-    print(f"Qwen2.5-VL LM {DECODERS} layers x width {WIDTH}, fp32, CPU ({torch.get_num_threads()} threads), "
-          f"{tokens} tokens, {mllm.spec.num_layers} captured layers = {captured / mib:.1f} MiB")
+    print(
+        f"Qwen2.5-VL LM {DECODERS} layers x width {WIDTH}, fp32, CPU ({torch.get_num_threads()} threads), "
+        f"{tokens} tokens, {mllm.spec.num_layers} captured layers = {captured / mib:.1f} MiB"
+    )
     print(f"{'variant':<15}{'time (s)':>10}{'x forward':>11}{'peak RSS delta (MiB)':>22}{'x forward':>11}")
     base_time, base_mem = median["forward"], memory["forward"]["peak_delta"]
     for variant in VARIANTS:
         delta = memory[variant]["peak_delta"]
-        print(f"{variant:<15}{median[variant]:>10.3f}{median[variant] / base_time:>11.3f}"
-              f"{delta / mib:>22.1f}{delta / max(base_mem, 1):>11.2f}")
-    print(f"memory goal: capture <= forward + captured tensor = {(base_mem + captured) / mib:.1f} MiB "
-          f"-> capture used {memory['capture']['peak_delta'] / mib:.1f} MiB")
+        print(
+            f"{variant:<15}{median[variant]:>10.3f}{median[variant] / base_time:>11.3f}"
+            f"{delta / mib:>22.1f}{delta / max(base_mem, 1):>11.2f}"
+        )
+    print(
+        f"memory goal: capture <= forward + captured tensor = {(base_mem + captured) / mib:.1f} MiB "
+        f"-> capture used {memory['capture']['peak_delta'] / mib:.1f} MiB"
+    )
     print(f"time goal: capture <= 1.05x forward -> {median['capture'] / base_time:.3f}x")
 
 

@@ -11,6 +11,7 @@ of the other configurations (on the meta device, nothing allocated).
 
 Figures are printed, never asserted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ TEXT_FRACTION = 0.25  # share of tokens routed to the text LAP; cost is linear i
 
 def make_features(tokens: int, dtype: torch.dtype, device: str, seed: int = 0) -> MLLMFeatures:
     generator = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(1, INTERNVL3_8B.num_layers, tokens, INTERNVL3_8B.width, generator=generator)  # [batch, layers, tokens, width]
+    hidden = torch.randn(
+        1, INTERNVL3_8B.num_layers, tokens, INTERNVL3_8B.width, generator=generator
+    )  # [batch, layers, tokens, width]
     n_text = int(tokens * TEXT_FRACTION)
     text = torch.zeros(1, tokens, dtype=torch.bool)
     text[:, :n_text] = True
@@ -70,7 +73,9 @@ def dla_flops_per_token(config) -> float:
     """Multiply-adds x 2 per token of one LAP + the shared projection (pooled/null are per sample)."""
     layers, width, lap, mlp = config.lap_layers, config.mllm_width, config.lap_width, config.lap_mlp_hidden
     flops = 0.0 if width == lap else 2 * layers * width * lap  # input projection
-    per_block = 2 * layers * (3 * lap * lap + lap * lap + 2 * lap * mlp) + 4 * layers * layers * lap  # linears + attention
+    per_block = (
+        2 * layers * (3 * lap * lap + lap * lap + 2 * lap * mlp) + 4 * layers * layers * lap
+    )  # linears + attention
     flops += config.lap_blocks * per_block
     flops += 2 * layers * lap * lap if config.lap_pool == "flatten" else 2 * lap * lap  # pool FC
     return flops + 2 * lap * config.context_width  # shared output projection
@@ -86,7 +91,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPES))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=1, help="timed DLA calls per point (median); the baseline gets 5 or more")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed DLA calls per point (median); the baseline gets 5 or more"
+    )
     args = parser.parse_args()
 
     print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
@@ -106,8 +113,14 @@ def main() -> None:
     dla = init_dla(INTERNVL3_8B, target="flux", seed=0).eval().to(args.device)
     baseline = torch.nn.Linear(INTERNVL3_8B.width, 4096).eval().to(args.device)
     dla_flops, base_flops = dla_flops_per_token(dla.config), 2 * INTERNVL3_8B.width * 4096
-    print(f"\nFLOPs per token: DLA {dla_flops / 1e9:.2f} G, last-layer baseline {base_flops / 1e9:.3f} G, ratio {dla_flops / base_flops:.0f}x")
-    print(f"\n{'dtype':5s} {'tokens':>6s} {'DLA ms':>10s} {'DLA ms/token':>13s} {'last-layer ms':>14s} {'ms/token':>9s} {'ratio':>7s}")
+    print(
+        f"\nFLOPs per token: DLA {dla_flops / 1e9:.2f} G, last-layer baseline {base_flops / 1e9:.3f} G, ratio "
+        f"{dla_flops / base_flops:.0f}x"
+    )
+    print(
+        f"\n{'dtype':5s} {'tokens':>6s} {'DLA ms':>10s} {'DLA ms/token':>13s} {'last-layer ms':>14s} {'ms/token':>9s} "
+        f"{'ratio':>7s}"
+    )
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         dla.to(dtype=dtype)
@@ -120,8 +133,8 @@ def main() -> None:
             features = make_features(tokens, dtype, args.device)
             last_layer = features.hidden_states[0, -1]  # [tokens, width]
             with torch.inference_mode():
-                dla_s = time_call(lambda: dla(features), args.device, args.repeats)
-                base_s = time_call(lambda: baseline(last_layer), args.device, max(args.repeats, 5))
+                dla_s = time_call(lambda f=features: dla(f), args.device, args.repeats)
+                base_s = time_call(lambda x=last_layer: baseline(x), args.device, max(args.repeats, 5))
             print(
                 f"{dtype_name:5s} {tokens:6d} {dla_s * 1e3:10.1f} {dla_s * 1e3 / tokens:13.3f} "
                 f"{base_s * 1e3:14.2f} {base_s * 1e3 / tokens:9.4f} {dla_s / base_s:7.1f}x"

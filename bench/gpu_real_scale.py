@@ -37,6 +37,7 @@ the process RSS sampled every few ms (marked ``cpu_rss``): an approximation, for
 Prints one table and writes JSON with the device, versions and every figure. Goals are reported,
 never enforced; whether outputs stayed finite is recorded (speed does not depend on it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,16 +104,54 @@ class Scale:
 
 
 REAL = Scale(
-    name="real", text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4, text_intermediate=18944,
-    vocab=151674, vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096, tile=448,
-    prompt_tokens=60, flux_hidden=3072, double_blocks=19, single_blocks=38, image_side=1024, reference_side=1024,
-    steps=28, mllm_repeats=5, dla_repeats=10, flux_repeats=2, warmup=1,
+    name="real",
+    text_hidden=3584,
+    text_layers=28,
+    text_heads=28,
+    text_kv_heads=4,
+    text_intermediate=18944,
+    vocab=151674,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_heads=16,
+    vision_intermediate=4096,
+    tile=448,
+    prompt_tokens=60,
+    flux_hidden=3072,
+    double_blocks=19,
+    single_blocks=38,
+    image_side=1024,
+    reference_side=1024,
+    steps=28,
+    mllm_repeats=5,
+    dla_repeats=10,
+    flux_repeats=2,
+    warmup=1,
 )
 TINY = Scale(
-    name="tiny", text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, text_intermediate=128, vocab=None,
-    vision_hidden=16, vision_layers=1, vision_heads=2, vision_intermediate=32, tile=56, prompt_tokens=16,
-    flux_hidden=256, double_blocks=1, single_blocks=1, image_side=64, reference_side=32, steps=3,
-    mllm_repeats=2, dla_repeats=2, flux_repeats=1, warmup=0,
+    name="tiny",
+    text_hidden=64,
+    text_layers=2,
+    text_heads=4,
+    text_kv_heads=2,
+    text_intermediate=128,
+    vocab=None,
+    vision_hidden=16,
+    vision_layers=1,
+    vision_heads=2,
+    vision_intermediate=32,
+    tile=56,
+    prompt_tokens=16,
+    flux_hidden=256,
+    double_blocks=1,
+    single_blocks=1,
+    image_side=64,
+    reference_side=32,
+    steps=3,
+    mllm_repeats=2,
+    dla_repeats=2,
+    flux_repeats=1,
+    warmup=0,
 )
 TINY_FLUX_NARROW = 256  # ComfyUI >= 0.4 derives FLUX's width from the weights; 0.3.x fixes 3072
 
@@ -228,6 +267,7 @@ def start_comfyui(comfy_path: Path, device: str) -> tuple[object, callable]:
 
     comfy.options.enable_args_parsing()
     import folder_paths  # noqa: F401  (reads --base-directory at import)
+
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
@@ -277,8 +317,11 @@ def build_mllm(pack, scale: Scale, device, dtype, folder: Path):
     config = json.loads(config_file.read_text(encoding="utf-8"))
     text, vision = config["text_config"], config["vision_config"]
     text.update(
-        hidden_size=scale.text_hidden, num_hidden_layers=scale.text_layers, num_attention_heads=scale.text_heads,
-        num_key_value_heads=scale.text_kv_heads, intermediate_size=scale.text_intermediate,
+        hidden_size=scale.text_hidden,
+        num_hidden_layers=scale.text_layers,
+        num_attention_heads=scale.text_heads,
+        num_key_value_heads=scale.text_kv_heads,
+        intermediate_size=scale.text_intermediate,
     )
     text.pop("head_dim", None)  # derived from hidden size / heads
     if "layer_types" in text:
@@ -287,7 +330,9 @@ def build_mllm(pack, scale: Scale, device, dtype, folder: Path):
         text["vocab_size"] = scale.vocab
         text["max_position_embeddings"] = 32768
     vision.update(
-        hidden_size=scale.vision_hidden, num_hidden_layers=scale.vision_layers, num_attention_heads=scale.vision_heads,
+        hidden_size=scale.vision_hidden,
+        num_hidden_layers=scale.vision_layers,
+        num_attention_heads=scale.vision_heads,
         intermediate_size=scale.vision_intermediate,
     )
     config["tie_word_embeddings"] = False
@@ -425,15 +470,22 @@ def bench_dla(pack, spec, features, scale: Scale, device) -> list[dict]:
             dla = init_dla(spec, target="flux", lap_pool=pool, seed=0).eval().requires_grad_(False).to(device, dtype)
             weights = sum(p.numel() * p.element_size() for p in dla.parameters())
 
-            def forward():
+            def forward(dla=dla):
                 with torch.inference_mode():
                     return dla(features)
 
             figures, output = measure(forward, device, scale.dla_repeats)
-            rows.append({
-                "pool": pool, "dtype": dtype_name, "parameters": dla.num_parameters(), "weights_mib": weights / MIB,
-                "output_tokens": int(output.tokens.shape[1]), "outputs_finite": finite(output.tokens), **figures,
-            })
+            rows.append(
+                {
+                    "pool": pool,
+                    "dtype": dtype_name,
+                    "parameters": dla.num_parameters(),
+                    "weights_mib": weights / MIB,
+                    "output_tokens": int(output.tokens.shape[1]),
+                    "outputs_finite": finite(output.tokens),
+                    **figures,
+                }
+            )
             del dla, output
             gc.collect()
     return rows
@@ -445,8 +497,12 @@ def build_flux(pack, scale: Scale, device):
     import torch
 
     state = tiny_flux_builders().tiny_flux_state_dict(
-        seed=0, dtype=torch.bfloat16, double_blocks=scale.double_blocks, single_blocks=scale.single_blocks,
-        hidden=scale.flux_hidden, device=device,
+        seed=0,
+        dtype=torch.bfloat16,
+        double_blocks=scale.double_blocks,
+        single_blocks=scale.single_blocks,
+        hidden=scale.flux_hidden,
+        device=device,
     )
     parameters = sum(tensor.numel() for tensor in state.values())
     model = comfy.sd.load_diffusion_model_state_dict(state)
@@ -496,7 +552,17 @@ class Pipeline:
 
     def staged(self, positive, identity, tau1, tau2):
         return self.sampler_nodes.staged_ksample(
-            self.model, SEED, self.scale.steps, 1.0, SAMPLER, SCHEDULER, positive, self.latent, 1.0, tau1, tau2,
+            self.model,
+            SEED,
+            self.scale.steps,
+            1.0,
+            SAMPLER,
+            SCHEDULER,
+            positive,
+            self.latent,
+            1.0,
+            tau1,
+            tau2,
             identity=identity,
         )
 
@@ -598,8 +664,11 @@ def bench_pipeline(pipeline: Pipeline, device, scale: Scale, simulate_gb: float)
         finally:
             comfy.model_management.EXTRA_RESERVED_VRAM = saved
         result["simulated_card"] = {
-            "card_gib": simulate_gb, "device_total_gib": total / GIB, "reserve_vram_gib": reserved / GIB,
-            "seconds": seconds, **memory.figures(),
+            "card_gib": simulate_gb,
+            "device_total_gib": total / GIB,
+            "reserve_vram_gib": reserved / GIB,
+            "seconds": seconds,
+            **memory.figures(),
             # PyTorch's allocations only: the CUDA context and library workspaces come on top on a real card
             "max_allocated_within_card": memory.peak <= simulate_gb * GIB if memory.cuda else None,
         }
@@ -625,9 +694,15 @@ def versions(comfy_path: Path, device) -> dict:
     except Exception:  # very old checkouts have no comfyui_version.py
         pass
     try:
-        info["pack_commit"] = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
+        info["pack_commit"] = (
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     try:  # ComfyUI >= 0.4 runs FLUX's rope through comfy-kitchen; which backend loaded changes the speed
@@ -653,12 +728,24 @@ def table(results: dict) -> str:
         return f"{figures['peak_mib']:.0f} (+{figures['peak_delta_mib']:.0f})"
 
     m = results["mllm"]
-    rows.append((f"MLLM plain forward, {m['tokens']} tokens [backbone]",
-                 f"{m['plain_forward']['seconds']:.4f} [{m['plain_forward']['backbone_seconds']:.4f}]",
-                 mem(m["plain_forward"]), "1.000", ""))
-    rows.append((f"MLLM encode_joint, {m['layers_captured']} layers captured [backbone]",
-                 f"{m['capture']['seconds']:.4f} [{m['capture']['backbone_seconds']:.4f}]", mem(m["capture"]),
-                 f"{m['ratio_backbone']:.3f} [call {m['ratio_call']:.3f}]", f"<= {GOALS['capture_vs_forward']}"))
+    rows.append(
+        (
+            f"MLLM plain forward, {m['tokens']} tokens [backbone]",
+            f"{m['plain_forward']['seconds']:.4f} [{m['plain_forward']['backbone_seconds']:.4f}]",
+            mem(m["plain_forward"]),
+            "1.000",
+            "",
+        )
+    )
+    rows.append(
+        (
+            f"MLLM encode_joint, {m['layers_captured']} layers captured [backbone]",
+            f"{m['capture']['seconds']:.4f} [{m['capture']['backbone_seconds']:.4f}]",
+            mem(m["capture"]),
+            f"{m['ratio_backbone']:.3f} [call {m['ratio_call']:.3f}]",
+            f"<= {GOALS['capture_vs_forward']}",
+        )
+    )
     for row in results["dla"]:
         label = f"DLA {row['pool']} {row['dtype']}, {row['parameters'] / 1e6:.1f} M params, {row['output_tokens']} tok"
         rows.append((label, f"{row['seconds']:.4f}", mem(row), "", ""))
@@ -670,10 +757,13 @@ def table(results: dict) -> str:
         "staged_paper": "FLUX staged tau .95/.85",
     }
     ratios = {
-        "staged_tau0": (f"{f['ratio_staged_tau0_vs_native']:.3f} (bit-equal: {f['staged_tau0_equals_native']})",
-                        f"<= {GOALS['staged_tau0_vs_native']}"),
+        "staged_tau0": (
+            f"{f['ratio_staged_tau0_vs_native']:.3f} (bit-equal: {f['staged_tau0_equals_native']})",
+            f"<= {GOALS['staged_tau0_vs_native']}",
+        ),
         "staged_paper": (
-            f"{f['ratio_staged_vs_reference_every_step']:.3f}", f"<= {GOALS['staged_vs_reference_every_step']}"
+            f"{f['ratio_staged_vs_reference_every_step']:.3f}",
+            f"<= {GOALS['staged_vs_reference_every_step']}",
         ),
     }
     for name, label in labels.items():
@@ -689,8 +779,10 @@ def table(results: dict) -> str:
         label = f"pipeline, simulated {sim['card_gib']:g} GB card, cold"
         rows.append((label, f"{sim['seconds']:.3f}", mem(sim), fits, ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
-             for row in rows]
+    lines = [
+        "  ".join([row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])])
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
@@ -715,21 +807,24 @@ def run(comfy_path: Path, device: str, scale: Scale, simulate_gb: float, results
     dtype = torch.bfloat16
     work = Path(tempfile.mkdtemp(prefix="dla-gpu-bench-"))
     started = time.perf_counter()
-    results.update({
-        "bench": "gpu_real_scale",
-        "scale": asdict(scale),
-        "device": device,
-        "memory_kind": "cuda_max_allocated" if torch.device(device).type == "cuda" else "cpu_rss",
-        "versions": versions(comfy_path, device),
-        "goals": dict(GOALS),
-        "notes": [
-            "random weights at the real shapes; file reading skipped (models built on the device)",
-            "ComfyUI started in-process without main.py: estimate-based model loading (no DynamicVRAM), "
-            "PyTorch's caching allocator (no cudaMallocAsync)",
-            "simulated card: comfy.model_management.EXTRA_RESERVED_VRAM = device total - card size (= --reserve-vram)",
-            "cpu_rss memory figures are sampled process RSS, an approximation",
-        ],
-    })
+    results.update(
+        {
+            "bench": "gpu_real_scale",
+            "scale": asdict(scale),
+            "device": device,
+            "memory_kind": "cuda_max_allocated" if torch.device(device).type == "cuda" else "cpu_rss",
+            "versions": versions(comfy_path, device),
+            "goals": dict(GOALS),
+            "notes": [
+                "random weights at the real shapes; file reading skipped (models built on the device)",
+                "ComfyUI started in-process without main.py: estimate-based model loading (no DynamicVRAM), "
+                "PyTorch's caching allocator (no cudaMallocAsync)",
+                "simulated card: comfy.model_management.EXTRA_RESERVED_VRAM = device total - card size (= "
+                "--reserve-vram)",
+                "cpu_rss memory figures are sampled process RSS, an approximation",
+            ],
+        }
+    )
     reference = reference_image(scale.reference_side)
 
     print(f"[bench] building the MLLM ({scale.name}) on {device} ...", flush=True)
@@ -765,8 +860,11 @@ def run(comfy_path: Path, device: str, scale: Scale, simulate_gb: float, results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add = parser.add_argument
     add("--comfyui", type=Path, default=None, help="ComfyUI checkout (default: $COMFYUI_PATH, then /opt/ComfyUI)")
     add("--out", type=Path, default=None, help="JSON results (default: bench/results/gpu_real_scale-<scale>.json)")
@@ -820,12 +918,16 @@ def main(argv=None) -> int:
     if not all(math.isfinite(value) and value > 0 for value in ratios.values()):
         raise SystemExit(f"a ratio is not finite and positive: {ratios} (results in {out})")
     v = results["versions"]
-    print(f"\n{results['scale']['name']} sizes on {v['device_name']}: torch {v['torch']} (CUDA {v['cuda']}), "
-          f"transformers {v['transformers']}, ComfyUI {v['comfyui']}, pack {v['pack_commit']}")
+    print(
+        f"\n{results['scale']['name']} sizes on {v['device_name']}: torch {v['torch']} (CUDA {v['cuda']}), "
+        f"transformers {v['transformers']}, ComfyUI {v['comfyui']}, pack {v['pack_commit']}"
+    )
     f = results["flux"]
-    print(f"FLUX {results['flux_parameters'] / 1e9:.2f} B parameters, {scale.image_side} px, {scale.steps} {SAMPLER} "
-          f"steps; tokens: image {f['image_tokens']}, reference {f['reference_tokens']}, MLLM {f['mllm_tokens']}; "
-          f"paper schedule stage steps {f['stage_steps_paper']}")
+    print(
+        f"FLUX {results['flux_parameters'] / 1e9:.2f} B parameters, {scale.image_side} px, {scale.steps} {SAMPLER} "
+        f"steps; tokens: image {f['image_tokens']}, reference {f['reference_tokens']}, MLLM {f['mllm_tokens']}; "
+        f"paper schedule stage steps {f['stage_steps_paper']}"
+    )
     print(table(results))
     print(f"\nwrote {out} ({results['wall_seconds']:.0f} s)")
     return 0

@@ -3,12 +3,13 @@
 Importing this package is light: it pulls in torch and the pack's own small modules, never
 ComfyUI, diffusers or transformers' model code (those load lazily where they are used).
 """
+
 from .checkpoint import init_dla, load_dla, read_dla_config, save_dla
 from .dla import TARGETS, DLAConditioning, DLAConfig, DualLayerAggregation, target_spec
 from .errors import DLACheckpointError, DLAInputError
 from .features import MLLMFeatures
-from .lap import LayerwiseAttentionPooling
 from .flux.sampling import flux_sigmas
+from .lap import LayerwiseAttentionPooling
 from .schedule import (
     describe_schedule,
     stage_for_sigma,

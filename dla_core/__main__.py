@@ -1,4 +1,5 @@
 """``python -m dla_core``: see :mod:`dla_core.cli`."""
+
 import sys
 
 from .cli import main

@@ -8,6 +8,7 @@ File layout (plain safetensors, readable by any safetensors tool):
 
 Nothing is ever unpickled: ``.pt`` / ``.ckpt`` / ``.bin`` files are refused before opening.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,23 +54,37 @@ def _read_header(path: Path) -> dict[str, Any]:
         with path.open("rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
-                raise DLACheckpointError(f"DLA checkpoint '{path.name}' is truncated or not a safetensors file; {_RECREATE}.")
+                raise DLACheckpointError(
+                    f"DLA checkpoint '{path.name}' is truncated or not a safetensors file; {_RECREATE}."
+                )
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(MAX_HEADER_BYTES, size - 8):
-                raise DLACheckpointError(f"DLA checkpoint '{path.name}' is corrupt or not a safetensors file (bad header size); {_RECREATE}.")
+                raise DLACheckpointError(
+                    f"DLA checkpoint '{path.name}' is corrupt or not a safetensors file (bad header size); {_RECREATE}."
+                )
             raw = handle.read(header_len)
     except OSError as exc:
         raise DLACheckpointError(f"Cannot read DLA checkpoint '{path}': {exc}.") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise DLACheckpointError(f"DLA checkpoint '{path.name}' is corrupt or not a safetensors file (unreadable header); {_RECREATE}.") from None
+        raise DLACheckpointError(
+            f"DLA checkpoint '{path.name}' is corrupt or not a safetensors file (unreadable header); {_RECREATE}."
+        ) from None
     if not isinstance(header, dict):
         raise DLACheckpointError(f"DLA checkpoint '{path.name}' is corrupt (header is not a JSON object); {_RECREATE}.")
-    data_len = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    data_len = max(
+        (
+            int(v["data_offsets"][1])
+            for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v
+        ),
+        default=0,
+    )
     if 8 + header_len + data_len > size:
         raise DLACheckpointError(
-            f"DLA checkpoint '{path.name}' is truncated ({size} bytes, header says {8 + header_len + data_len}); {_RECREATE}."
+            f"DLA checkpoint '{path.name}' is truncated ({size} bytes, header says {8 + header_len + data_len}); "
+            f"{_RECREATE}."
         )
     return header
 
@@ -78,18 +93,22 @@ def _config_from_header(path: Path, header: dict[str, Any]) -> DLAConfig:
     metadata = header.get("__metadata__") or {}
     if metadata.get("format") != FORMAT_NAME or "config" not in metadata:
         raise DLACheckpointError(
-            f"'{path.name}' is a safetensors file but not a DLA checkpoint (no '{FORMAT_NAME}' metadata with a config). "
+            f"'{path.name}' is a safetensors file but not a DLA checkpoint (no '{FORMAT_NAME}' metadata with a "
+            "config). "
             "Pick a DLA checkpoint, or create one with `python -m dla_core init-dla`."
         )
     if metadata.get("format_version") != FORMAT_VERSION:
         raise DLACheckpointError(
-            f"DLA checkpoint '{path.name}' has format version {metadata.get('format_version')!r}; this pack reads version "
+            f"DLA checkpoint '{path.name}' has format version {metadata.get('format_version')!r}; this pack reads "
+            "version "
             f"{FORMAT_VERSION}. Update the pack or re-create the checkpoint."
         )
     try:
         data = json.loads(metadata["config"])
     except json.JSONDecodeError:
-        raise DLACheckpointError(f"DLA checkpoint '{path.name}' has an unreadable config in its metadata; {_RECREATE}.") from None
+        raise DLACheckpointError(
+            f"DLA checkpoint '{path.name}' has an unreadable config in its metadata; {_RECREATE}."
+        ) from None
     try:
         return DLAConfig.from_dict(data)
     except DLAInputError as exc:
@@ -115,15 +134,23 @@ def save_dla(dla: DualLayerAggregation, path: str | Path) -> Path:
     """Write ``dla`` to ``path`` (.safetensors) with its config in the metadata; returns the path."""
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
-        raise DLAInputError(f"DLA checkpoints are written as .safetensors; got '{path.name}'. Use a name ending in .safetensors.")
+        raise DLAInputError(
+            f"DLA checkpoints are written as .safetensors; got '{path.name}'. Use a name ending in .safetensors."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().contiguous().cpu() for name, tensor in dla.state_dict().items()}
-    metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": json.dumps(dla.config.to_dict(), sort_keys=True)}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(dla.config.to_dict(), sort_keys=True),
+    }
     save_file(tensors, str(path), metadata=metadata)
     return path
 
 
-def load_dla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> DualLayerAggregation:
+def load_dla(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> DualLayerAggregation:
     """Load a DLA checkpoint; validates format, config and tensor names/shapes. Eval mode, no grad."""
     path = _check_path(path)
     config = _config_from_header(path, _read_header(path))
@@ -139,11 +166,18 @@ def load_dla(path: str | Path, device: str | torch.device = "cpu", dtype: torch.
     if missing or extra:
         raise DLACheckpointError(
             f"DLA checkpoint '{path.name}' does not match its own config: missing tensors {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected tensors {extra[:5]}{'...' if len(extra) > 5 else ''}; {_RECREATE}."
+            f"{'...' if len(missing) > 5 else ''}, unexpected tensors {extra[:5]}{'...' if len(extra) > 5 else ''}; "
+            f"{_RECREATE}."
         )
-    wrong = [f"{name} {tuple(tensors[name].shape)} != {shape}" for name, shape in expected.items() if tuple(tensors[name].shape) != shape]
+    wrong = [
+        f"{name} {tuple(tensors[name].shape)} != {shape}"
+        for name, shape in expected.items()
+        if tuple(tensors[name].shape) != shape
+    ]
     if wrong:
-        raise DLACheckpointError(f"DLA checkpoint '{path.name}' has tensors of the wrong shape ({'; '.join(wrong[:3])}); {_RECREATE}.")
+        raise DLACheckpointError(
+            f"DLA checkpoint '{path.name}' has tensors of the wrong shape ({'; '.join(wrong[:3])}); {_RECREATE}."
+        )
     dla.load_state_dict(tensors, assign=True)
     dla.to(device=device, dtype=dtype)
     dla.eval().requires_grad_(False)

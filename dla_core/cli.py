@@ -9,6 +9,7 @@ imports never slow the others. To add a command from another module, add one lin
 Errors the person can fix (:class:`DLAInputError`) print one line to stderr and exit with
 code 2, without a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,22 @@ from typing import Sequence
 from .errors import DLAInputError
 
 COMMANDS: list[tuple[str, str, str]] = [
-    ("init-dla", "dla_core.cli:InitDLACommand", "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM"),
+    (
+        "init-dla",
+        "dla_core.cli:InitDLACommand",
+        "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM",
+    ),
     ("inspect", "dla_core.cli:InspectCommand", "print a DLA checkpoint's config, tensor count and parameter count"),
-    ("generate", "dla_core.generate", "generate images from reference image(s) + a prompt (no model flags: embedded random self-test)"),
-    ("eval", "dla_core.eval", "DreamBench-style DINO / CLIP-I / CLIP-T of a folder of generations against reference images"),
+    (
+        "generate",
+        "dla_core.generate",
+        "generate images from reference image(s) + a prompt (no model flags: embedded random self-test)",
+    ),
+    (
+        "eval",
+        "dla_core.eval",
+        "DreamBench-style DINO / CLIP-I / CLIP-T of a folder of generations against reference images",
+    ),
 ]
 
 EXIT_INPUT_ERROR = 2
@@ -74,21 +87,41 @@ class InitDLACommand:
         from .dla import FUSE_MODES, INIT_MODES, TARGETS
         from .lap import POOL_MODES
 
-        parser.add_argument("--mllm", required=True, help="Hugging Face-format MLLM folder (only its config.json is read)")
-        parser.add_argument("--target", default="flux", choices=sorted(TARGETS), help="DiT the conditioning is for (default: flux)")
-        parser.add_argument("--init", default="random", choices=INIT_MODES,
-                            help="random, or identity: the untrained DLA reproduces one layer's hidden states exactly")
-        parser.add_argument("--identity-layer", type=int, default=-1, help="layer the identity init selects (default -1: the last)")
+        parser.add_argument(
+            "--mllm", required=True, help="Hugging Face-format MLLM folder (only its config.json is read)"
+        )
+        parser.add_argument(
+            "--target", default="flux", choices=sorted(TARGETS), help="DiT the conditioning is for (default: flux)"
+        )
+        parser.add_argument(
+            "--init",
+            default="random",
+            choices=INIT_MODES,
+            help="random, or identity: the untrained DLA reproduces one layer's hidden states exactly",
+        )
+        parser.add_argument(
+            "--identity-layer", type=int, default=-1, help="layer the identity init selects (default -1: the last)"
+        )
         parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
-        parser.add_argument("--lap-width", type=int, help="LAP width (default: min(1024, MLLM width); identity: the MLLM width)")
+        parser.add_argument(
+            "--lap-width", type=int, help="LAP width (default: min(1024, MLLM width); identity: the MLLM width)"
+        )
         parser.add_argument("--lap-heads", type=int, help="attention heads of the LAP blocks")
         parser.add_argument("--lap-mlp-hidden", type=int, help="MLP hidden size of the LAP blocks")
-        parser.add_argument("--pool", choices=POOL_MODES, help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised; "
-                            "much smaller, advised with --init identity at 8B widths)")
+        parser.add_argument(
+            "--pool",
+            choices=POOL_MODES,
+            help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised; "
+            "much smaller, advised with --init identity at 8B widths)",
+        )
         parser.add_argument("--null-length", type=int, help="length of the learned 'MLLM off' sequence (default 16)")
-        parser.add_argument("--fuse", choices=FUSE_MODES,
-                            help="token order of the fused output: concat_text_first (default), concat_image_first, or sequence "
-                                 "(the MLLM's own token order; with --init identity --target qwen_image it reproduces native Qwen-Image conditioning)")
+        parser.add_argument(
+            "--fuse",
+            choices=FUSE_MODES,
+            help="token order of the fused output: concat_text_first (default), concat_image_first, or sequence "
+            "(the MLLM's own token order; with --init identity --target qwen_image it reproduces native Qwen-Image "
+            "conditioning)",
+        )
         parser.add_argument("--out", required=True, help="output file, .safetensors")
 
     @staticmethod
@@ -109,9 +142,13 @@ class InitDLACommand:
             )
             if value is not None
         }
-        dla = init_dla(spec, target=args.target, init=args.init, identity_layer=args.identity_layer, seed=args.seed, **overrides)
+        dla = init_dla(
+            spec, target=args.target, init=args.init, identity_layer=args.identity_layer, seed=args.seed, **overrides
+        )
         path = save_dla(dla, args.out)
-        print(f"wrote {path}: {args.init} DLA for {spec.describe()} -> {args.target}, {dla.num_parameters():,} parameters")
+        print(
+            f"wrote {path}: {args.init} DLA for {spec.describe()} -> {args.target}, {dla.num_parameters():,} parameters"
+        )
         return 0
 
 

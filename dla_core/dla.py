@@ -26,6 +26,7 @@ the checkpoint. Both start at zero, i.e. exactly what ComfyUI's ConditioningZero
 FLUX user today, and training moves them. 16 tokens: long enough to carry a learned "no
 instruction" signal, short enough to cost nothing in the DiT's joint attention.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,7 +59,9 @@ class TargetSpec:
 
 TARGETS: dict[str, TargetSpec] = {
     "flux": TargetSpec(4096, 768, "FLUX.1 (T5-XXL token slot 4096 wide, CLIP-L pooled 768)"),
-    "qwen_image": TargetSpec(3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)", distilled_guidance=False),
+    "qwen_image": TargetSpec(
+        3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)", distilled_guidance=False
+    ),
 }
 
 
@@ -106,10 +109,19 @@ class DLAConfig:
         """Raise :class:`DLAInputError` on an inconsistent config."""
         if self.version != DLA_CONFIG_VERSION:
             raise DLACheckpointError(
-                f"DLA config version {self.version} is not supported by this pack (it reads version {DLA_CONFIG_VERSION}). "
+                f"DLA config version {self.version} is not supported by this pack (it reads version "
+                f"{DLA_CONFIG_VERSION}). "
                 "Update the pack, or re-create the checkpoint with `python -m dla_core init-dla`."
             )
-        positive = ("num_layers", "mllm_width", "lap_width", "lap_heads", "lap_mlp_hidden", "context_width", "null_length")
+        positive = (
+            "num_layers",
+            "mllm_width",
+            "lap_width",
+            "lap_heads",
+            "lap_mlp_hidden",
+            "context_width",
+            "null_length",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -119,16 +131,28 @@ class DLAConfig:
         if not isinstance(self.pooled_width, int) or self.pooled_width < 0:
             raise DLAInputError(f"DLA config 'pooled_width' must be 0 (none) or positive, got {self.pooled_width!r}.")
         if self.lap_width % self.lap_heads:
-            raise DLAInputError(f"lap_width {self.lap_width} is not divisible by lap_heads {self.lap_heads}; choose heads that divide it.")
-        for name, value, allowed in (("fuse", self.fuse, FUSE_MODES), ("init", self.init, INIT_MODES), ("lap_pool", self.lap_pool, POOL_MODES)):
+            raise DLAInputError(
+                f"lap_width {self.lap_width} is not divisible by lap_heads {self.lap_heads}; choose heads that divide "
+                "it."
+            )
+        for name, value, allowed in (
+            ("fuse", self.fuse, FUSE_MODES),
+            ("init", self.init, INIT_MODES),
+            ("lap_pool", self.lap_pool, POOL_MODES),
+        ):
             if value not in allowed:
                 raise DLAInputError(f"DLA config '{name}' is '{value}'; choose one of {', '.join(allowed)}.")
         target_spec(self.target)
         if self.layer_indices is not None:
             indices = list(self.layer_indices)
-            if not indices or any(not isinstance(i, int) or not 0 <= i < self.num_layers for i in indices) or len(set(indices)) != len(indices):
+            if (
+                not indices
+                or any(not isinstance(i, int) or not 0 <= i < self.num_layers for i in indices)
+                or len(set(indices)) != len(indices)
+            ):
                 raise DLAInputError(
-                    f"DLA layer_indices {self.layer_indices} must be distinct layer numbers in 0..{self.num_layers - 1}."
+                    f"DLA layer_indices {self.layer_indices} must be distinct layer numbers in "
+                    f"0..{self.num_layers - 1}."
                 )
             self.layer_indices = indices
         if not -self.lap_layers <= self.identity_layer < self.lap_layers:
@@ -138,7 +162,8 @@ class DLAConfig:
             )
         if self.init == "identity" and (self.lap_width != self.mllm_width or self.lap_input_norm):
             raise DLAInputError(
-                f"Identity initialisation passes layer states through unchanged, so it needs lap_width equal to the MLLM width "
+                "Identity initialisation passes layer states through unchanged, so it needs lap_width equal to the "
+                "MLLM width "
                 f"({self.mllm_width}, got {self.lap_width}) and lap_input_norm off."
             )
 
@@ -168,9 +193,14 @@ class DLAConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise DLACheckpointError(
-                f"DLA config has unknown fields {unknown}: it was written by a newer version of the pack. Update the pack."
+                f"DLA config has unknown fields {unknown}: it was written by a newer version of the pack. Update the "
+                "pack."
             )
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
         if missing:
             raise DLACheckpointError(f"DLA config lacks required fields {missing}.")
         try:
@@ -207,7 +237,8 @@ class DLAConditioning:
 
 def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
     return (
-        f"DLA checkpoint expects {config.mllm_spec().describe()}; the connected MLLM gives {num_layers} of width {width} "
+        f"DLA checkpoint expects {config.mllm_spec().describe()}; the connected MLLM gives {num_layers} of width "
+        f"{width} "
         f"({family}): load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
     )
 
@@ -240,7 +271,9 @@ class DualLayerAggregation(nn.Module):
         else:
             self.pooled_norm = self.pooled_proj = None
             self.register_parameter("null_pooled", None)
-        self.null_tokens = nn.Parameter(torch.zeros(config.null_length, config.context_width))  # [null_length, context_width]
+        self.null_tokens = nn.Parameter(
+            torch.zeros(config.null_length, config.context_width)
+        )  # [null_length, context_width]
         self.reset_parameters()
 
     @torch.no_grad()
@@ -283,7 +316,9 @@ class DualLayerAggregation(nn.Module):
         elif isinstance(features_or_spec, MLLMFeatures):
             family, num_layers, width = features_or_spec.family, features_or_spec.num_layers, features_or_spec.width
         else:
-            raise DLAInputError(f"check_compatible takes MLLMFeatures or an MLLMSpec, got {type(features_or_spec).__name__}.")
+            raise DLAInputError(
+                f"check_compatible takes MLLMFeatures or an MLLMSpec, got {type(features_or_spec).__name__}."
+            )
         if (family, num_layers, width) != (config.mllm_family, config.num_layers, config.mllm_width):
             raise DLACheckpointError(_mismatch_message(config, family, num_layers, width))
         if isinstance(features_or_spec, MLLMFeatures):
@@ -321,12 +356,15 @@ class DualLayerAggregation(nn.Module):
         text_mask = features.text_mask.to(device=param.device, dtype=torch.bool) & valid  # [batch, tokens]
         image_mask = features.image_mask.to(device=param.device, dtype=torch.bool) & valid
         if (text_mask & image_mask).any():
-            raise DLAInputError("MLLM features mark some tokens as both text and image; the encoder output is inconsistent.")
+            raise DLAInputError(
+                "MLLM features mark some tokens as both text and image; the encoder output is inconsistent."
+            )
         counts = text_mask.sum(1) + image_mask.sum(1)  # [batch]
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:
             raise DLAInputError(
-                f"Sample(s) {empty} of the MLLM features hold no text and no image tokens; give each a prompt or a reference image."
+                f"Sample(s) {empty} of the MLLM features hold no text and no image tokens; give each a prompt or a "
+                "reference image."
             )
         per_token = hidden.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
         out_len = int(counts.max())
@@ -350,9 +388,15 @@ class DualLayerAggregation(nn.Module):
             rank = (text_mask | image_mask).cumsum(1) - 1  # rank among all valid tokens, original order
             return [(text_mask, rank, self.lap_text), (image_mask, rank, self.lap_image)]
         if self.config.fuse == "concat_text_first":
-            (first_mask, first_lap), (second_mask, second_lap) = (text_mask, self.lap_text), (image_mask, self.lap_image)
+            (first_mask, first_lap), (second_mask, second_lap) = (
+                (text_mask, self.lap_text),
+                (image_mask, self.lap_image),
+            )
         else:
-            (first_mask, first_lap), (second_mask, second_lap) = (image_mask, self.lap_image), (text_mask, self.lap_text)
+            (first_mask, first_lap), (second_mask, second_lap) = (
+                (image_mask, self.lap_image),
+                (text_mask, self.lap_text),
+            )
         # Rank among its own kind; the second kind starts after the first kind's count.
         first_dest = first_mask.cumsum(1) - 1
         second_dest = second_mask.cumsum(1) - 1 + first_mask.sum(1, keepdim=True)

@@ -1,4 +1,5 @@
 """The pack's one table of weight precisions: short names (CLI, nodes, configs) and torch names (config.json)."""
+
 from __future__ import annotations
 
 import torch

@@ -28,6 +28,7 @@ relative to --generations, or its stem>": "prompt"}`` or JSONL lines ``{"generat
 "prompt": ...}``; else a sidecar ``<generation>.txt`` next to the image. Generations without a
 prompt get no CLIP-T. Nothing is downloaded: model folders load with ``local_files_only``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,8 +85,11 @@ def references_of(references_dir: Path, subject: str) -> list[Path]:
     folder = references_dir / subject
     if folder.is_dir():
         return _images_in(folder)
-    return [references_dir / f"{subject}{suffix}" for suffix in IMAGE_SUFFIXES
-            if (references_dir / f"{subject}{suffix}").is_file()]
+    return [
+        references_dir / f"{subject}{suffix}"
+        for suffix in IMAGE_SUFFIXES
+        if (references_dir / f"{subject}{suffix}").is_file()
+    ]
 
 
 def read_prompts(path: Path | None) -> dict[str, str]:
@@ -116,7 +120,9 @@ def read_prompts(path: Path | None) -> dict[str, str]:
     return prompts
 
 
-def collect_items(generations_dir: str | Path, references_dir: str | Path, prompts_file: str | Path | None = None) -> list[EvalItem]:
+def collect_items(
+    generations_dir: str | Path, references_dir: str | Path, prompts_file: str | Path | None = None
+) -> list[EvalItem]:
     """Pair every generation with its subject's references and its prompt; errors name the file and the fix."""
     generations_dir, references_dir = Path(generations_dir), Path(references_dir)
     for name, folder in (("--generations", generations_dir), ("--references", references_dir)):
@@ -157,7 +163,9 @@ def _load_rgb(path: Path) -> Image.Image:
 class Embedder:
     """Caches normalised embeddings per image path / prompt."""
 
-    def __init__(self, dino_dir: str | Path | None, clip_dir: str | Path | None, device: str = "cpu", batch_size: int = 16):
+    def __init__(
+        self, dino_dir: str | Path | None, clip_dir: str | Path | None, device: str = "cpu", batch_size: int = 16
+    ):
         from transformers import AutoImageProcessor, AutoModel, AutoProcessor, CLIPModel
 
         self.device, self.batch_size = device, batch_size
@@ -177,7 +185,7 @@ class Embedder:
         """[len(paths), dim] unit vectors from ``kind`` in ('dino', 'clip')."""
         todo = [p for p in dict.fromkeys(paths) if (kind, str(p)) not in self._cache]
         for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
+            chunk = todo[start : start + self.batch_size]
             pixels = [_load_rgb(p) for p in chunk]
             if kind == "dino":
                 inputs = self.dino_processor(images=pixels, return_tensors="pt").to(self.device)
@@ -241,15 +249,29 @@ def summarize(items: list[EvalItem], dino_dir=None, clip_dir=None) -> dict:
     per_subject: dict[str, dict] = {}
     for subject in sorted({item.subject for item in items}):
         mine = [item for item in items if item.subject == subject]
-        per_subject[subject] = {"generations": len(mine),
-                                **{m: _mean([i.scores[m] for i in mine if m in i.scores]) for m in METRICS}}
+        per_subject[subject] = {
+            "generations": len(mine),
+            **{m: _mean([i.scores[m] for i in mine if m in i.scores]) for m in METRICS},
+        }
     return {
         "metrics": {m: _mean([i.scores[m] for i in items if m in i.scores]) for m in METRICS},
-        "counts": {"generations": len(items), "subjects": len(per_subject),
-                   "with_prompt": sum(1 for i in items if i.prompt), "reference_images": len({str(r) for i in items for r in i.references})},
+        "counts": {
+            "generations": len(items),
+            "subjects": len(per_subject),
+            "with_prompt": sum(1 for i in items if i.prompt),
+            "reference_images": len({str(r) for i in items for r in i.references}),
+        },
         "per_subject": per_subject,
-        "per_image": [{"generation": i.relative, "subject": i.subject, "prompt": i.prompt,
-                       "references": [r.name for r in i.references], **i.scores} for i in items],
+        "per_image": [
+            {
+                "generation": i.relative,
+                "subject": i.subject,
+                "prompt": i.prompt,
+                "references": [r.name for r in i.references],
+                **i.scores,
+            }
+            for i in items
+        ],
         "models": {"dino": str(dino_dir) if dino_dir else None, "clip": str(clip_dir) if clip_dir else None},
         "conventions": {
             "dino": "cosine of CLS embeddings, averaged over the subject's reference images",
@@ -263,6 +285,7 @@ def summarize(items: list[EvalItem], dino_dir=None, clip_dir=None) -> dict:
 
 def format_table(result: dict) -> str:
     """Readable table: these generations next to the paper's DreamBench numbers."""
+
     def cell(value):
         return "   -  " if value is None else f"{value:.4f}"
 
@@ -273,15 +296,19 @@ def format_table(result: dict) -> str:
     for name, *values in rows:
         lines.append(f"{name:{width}}  " + "  ".join(cell(v) for v in values))
     counts = result["counts"]
-    lines.append(f"({counts['generations']} generations, {counts['subjects']} subjects, {counts['with_prompt']} with prompts; "
-                 "paper rows are DreamBench numbers from the paper, arXiv 2605.26111, CLIP-T as raw cosine)")
+    lines.append(
+        f"({counts['generations']} generations, {counts['subjects']} subjects, {counts['with_prompt']} with prompts; "
+        "paper rows are DreamBench numbers from the paper, arXiv 2605.26111, CLIP-T as raw cosine)"
+    )
     return "\n".join(lines)
 
 
 def evaluate(generations, references, dino=None, clip=None, prompts=None, device="cpu", batch_size=16) -> dict:
     """Pair, embed, score and summarise; returns the metrics dict."""
     if dino is None and clip is None:
-        raise DLAInputError("Give --dino and/or --clip (local model folders); with neither there is nothing to measure.")
+        raise DLAInputError(
+            "Give --dino and/or --clip (local model folders); with neither there is nothing to measure."
+        )
     items = collect_items(generations, references, prompts)  # cheap checks before loading models
     score_items(items, Embedder(dino, clip, device, batch_size))
     return summarize(items, dino, clip)
@@ -292,9 +319,15 @@ def evaluate(generations, references, dino=None, clip=None, prompts=None, device
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m dla_core eval``."""
-    parser.add_argument("--generations", required=True, help="folder of generated images (<subject>/x.png or <subject>__x.png)")
-    parser.add_argument("--references", required=True, help="folder of reference images (<subject>/*.jpg or <subject>.png)")
-    parser.add_argument("--prompts", default=None, help="JSON {generation: prompt} or JSONL for CLIP-T (else <generation>.txt)")
+    parser.add_argument(
+        "--generations", required=True, help="folder of generated images (<subject>/x.png or <subject>__x.png)"
+    )
+    parser.add_argument(
+        "--references", required=True, help="folder of reference images (<subject>/*.jpg or <subject>.png)"
+    )
+    parser.add_argument(
+        "--prompts", default=None, help="JSON {generation: prompt} or JSONL for CLIP-T (else <generation>.txt)"
+    )
     parser.add_argument("--dino", default=None, help="local DINO folder (ViT-S/16 DINO or DINOv2, transformers format)")
     parser.add_argument("--clip", default=None, help="local CLIP folder (CLIPModel + processor)")
     parser.add_argument("--out", default=None, help="write the metrics JSON here")
@@ -304,7 +337,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation, print the table, write the JSON."""
-    result = evaluate(args.generations, args.references, args.dino, args.clip, args.prompts, args.device, args.batch_size)
+    result = evaluate(
+        args.generations, args.references, args.dino, args.clip, args.prompts, args.device, args.batch_size
+    )
     print(format_table(result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

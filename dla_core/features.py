@@ -1,4 +1,5 @@
 """The contract between the MLLM encoder and the DLA: :class:`MLLMFeatures`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

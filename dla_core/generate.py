@@ -10,6 +10,7 @@ from random weights and says so.
 Every argument is checked before any model is built or loaded; a problem prints one
 ``error: ...`` line and exits with code 2 (see :mod:`dla_core.cli`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,24 @@ RANDOM_WEIGHTS_NOTICE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``generate``."""
-    parser.add_argument("--reference", action="append", required=True, metavar="IMAGE",
-                        help="reference image of the subject (RGB); repeat for several references")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        required=True,
+        metavar="IMAGE",
+        help="reference image of the subject (RGB); repeat for several references",
+    )
     parser.add_argument("--prompt", required=True, help="instruction, e.g. 'the dog swimming in a pool'")
-    parser.add_argument("--out", required=True, help="output image (.png/.jpg/.webp); several images get _0, _1 ... suffixes")
+    parser.add_argument(
+        "--out", required=True, help="output image (.png/.jpg/.webp); several images get _0, _1 ... suffixes"
+    )
     models = parser.add_argument_group("models (all four, or none for the embedded random self-test)")
-    models.add_argument("--flux", help="FLUX transformer: diffusers folder or single-file .safetensors (BFL/ComfyUI layout)")
-    models.add_argument("--flux-config", help="folder with the transformer's config.json, for a single-file --flux (default: inferred)")
+    models.add_argument(
+        "--flux", help="FLUX transformer: diffusers folder or single-file .safetensors (BFL/ComfyUI layout)"
+    )
+    models.add_argument(
+        "--flux-config", help="folder with the transformer's config.json, for a single-file --flux (default: inferred)"
+    )
     models.add_argument("--vae", help="FLUX VAE: diffusers AutoencoderKL folder or ae.safetensors")
     models.add_argument("--mllm", help="Hugging Face MLLM folder (InternVL3 -hf, Qwen2.5-VL, Qwen3-VL)")
     models.add_argument("--dla", help="DLA checkpoint (.safetensors)")
@@ -59,26 +71,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, help=f"denoising steps (default 28; self-test {EMBEDDED_STEPS})")
-    sampling.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"FLUX distilled guidance (default {DEFAULT_GUIDANCE})")
-    sampling.add_argument("--true-cfg", type=float, default=1.0, help="true CFG scale against the 'MLLM off' conditioning (default 1 = off)")
-    sampling.add_argument("--tau1", type=float, default=DEFAULT_TAU1, help=f"MLLM-only stage for t >= tau1 (default {DEFAULT_TAU1})")
-    sampling.add_argument("--tau2", type=float, default=DEFAULT_TAU2, help=f"identity-only stage for t < tau2 (default {DEFAULT_TAU2})")
+    sampling.add_argument(
+        "--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"FLUX distilled guidance (default {DEFAULT_GUIDANCE})"
+    )
+    sampling.add_argument(
+        "--true-cfg",
+        type=float,
+        default=1.0,
+        help="true CFG scale against the 'MLLM off' conditioning (default 1 = off)",
+    )
+    sampling.add_argument(
+        "--tau1", type=float, default=DEFAULT_TAU1, help=f"MLLM-only stage for t >= tau1 (default {DEFAULT_TAU1})"
+    )
+    sampling.add_argument(
+        "--tau2", type=float, default=DEFAULT_TAU2, help=f"identity-only stage for t < tau2 (default {DEFAULT_TAU2})"
+    )
     sampling.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    sampling.add_argument("--width", type=int, help=f"image width in px, multiple of 16 (default 1024; self-test {EMBEDDED_SIZE})")
-    sampling.add_argument("--height", type=int, help=f"image height in px, multiple of 16 (default 1024; self-test {EMBEDDED_SIZE})")
+    sampling.add_argument(
+        "--width", type=int, help=f"image width in px, multiple of 16 (default 1024; self-test {EMBEDDED_SIZE})"
+    )
+    sampling.add_argument(
+        "--height", type=int, help=f"image height in px, multiple of 16 (default 1024; self-test {EMBEDDED_SIZE})"
+    )
     sampling.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
-    sampling.add_argument("--reference-method", default="offset", choices=REFERENCE_METHODS,
-                          help="placement of the reference tokens (default offset, as FLUX Kontext)")
-    sampling.add_argument("--reference-megapixels", type=float, default=DEFAULT_REFERENCE_MEGAPIXELS,
-                          help="largest reference area for the VAE in megapixels (default 1.0; 0 = keep size)")
-    sampling.add_argument("--mllm-image-size", type=int, help="MLLM-side reference resolution in px (default: the processor's)")
+    sampling.add_argument(
+        "--reference-method",
+        default="offset",
+        choices=REFERENCE_METHODS,
+        help="placement of the reference tokens (default offset, as FLUX Kontext)",
+    )
+    sampling.add_argument(
+        "--reference-megapixels",
+        type=float,
+        default=DEFAULT_REFERENCE_MEGAPIXELS,
+        help="largest reference area for the VAE in megapixels (default 1.0; 0 = keep size)",
+    )
+    sampling.add_argument(
+        "--mllm-image-size", type=int, help="MLLM-side reference resolution in px (default: the processor's)"
+    )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    runtime.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="transformer/VAE dtype (auto: bf16 on CUDA, fp32 on CPU)")
-    runtime.add_argument("--mllm-dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="MLLM dtype (auto: the folder's)")
-    runtime.add_argument("--offload-mllm", default="auto", choices=("auto", "none", "cpu", "free"),
-                         help="what happens to the MLLM after encoding (auto: cpu when running on a GPU)")
-    runtime.add_argument("--cache-dir", help="where the embedded self-test models are built (default: ~/.cache/comfyui-dla-subject)")
+    runtime.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="transformer/VAE dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    )
+    runtime.add_argument(
+        "--mllm-dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="MLLM dtype (auto: the folder's)"
+    )
+    runtime.add_argument(
+        "--offload-mllm",
+        default="auto",
+        choices=("auto", "none", "cpu", "free"),
+        help="what happens to the MLLM after encoding (auto: cpu when running on a GPU)",
+    )
+    runtime.add_argument(
+        "--cache-dir", help="where the embedded self-test models are built (default: ~/.cache/comfyui-dla-subject)"
+    )
     runtime.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -132,8 +182,18 @@ def validate(args: argparse.Namespace) -> dict:
     height = args.height if args.height is not None else size
     steps = args.steps if args.steps is not None else (EMBEDDED_STEPS if embedded else 28)
     DLASubjectPipeline.check_inputs(
-        args.prompt, references, height, width, steps, args.guidance, args.tau1, args.tau2,
-        args.num_images, args.true_cfg, args.reference_method, args.reference_megapixels,
+        args.prompt,
+        references,
+        height,
+        width,
+        steps,
+        args.guidance,
+        args.tau1,
+        args.tau2,
+        args.num_images,
+        args.true_cfg,
+        args.reference_method,
+        args.reference_megapixels,
     )
     return dict(
         embedded=embedded,
@@ -184,7 +244,10 @@ def build_embedded_models(folder: str | Path, seed: int = 0) -> dict[str, Path]:
         build_tiny_internvl(staging / "mllm", seed=seed)
         build_tiny_diffusers_flux(staging / "flux", seed=seed)
         build_tiny_diffusers_vae(staging / "vae", seed=seed)
-        save_dla(init_dla(read_mllm_spec(staging / "mllm"), target="flux", init="random", seed=seed), staging / "dla.safetensors")
+        save_dla(
+            init_dla(read_mllm_spec(staging / "mllm"), target="flux", init="random", seed=seed),
+            staging / "dla.safetensors",
+        )
         (staging / "complete").write_text("embedded self-test models: tiny, random weights\n")
         if folder.exists():  # an incomplete leftover
             shutil.rmtree(folder)
@@ -214,8 +277,17 @@ def run(args: argparse.Namespace) -> int:
         flux, vae, mllm, dla = args.flux, args.vae, args.mllm, args.dla
     offload = {"auto": "auto", "none": None, "cpu": "cpu", "free": "free"}[args.offload_mllm]
     pipe = DLASubjectPipeline.from_pretrained(
-        flux, vae, mllm, dla, lora=args.lora, lora_scale=args.lora_scale, flux_config=args.flux_config,
-        dtype=args.dtype, mllm_dtype=args.mllm_dtype, device=settings["device"], offload_mllm=offload,
+        flux,
+        vae,
+        mllm,
+        dla,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
+        flux_config=args.flux_config,
+        dtype=args.dtype,
+        mllm_dtype=args.mllm_dtype,
+        device=settings["device"],
+        offload_mllm=offload,
     )
     loaded = time.perf_counter()
     output = pipe(

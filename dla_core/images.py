@@ -5,6 +5,7 @@ single ``[height, width, channels]`` tensors, PIL images, or lists of these. Eve
 else, and every image the MLLM cannot read faithfully, raises :class:`DLAInputError`
 with a message that says how to fix it.
 """
+
 from __future__ import annotations
 
 import math
@@ -123,9 +124,7 @@ def to_pil_list(images, name: str = "reference image") -> list[Image.Image]:
         elif isinstance(item, np.ndarray):
             result.extend(_tensor_to_pils(torch.from_numpy(item), where))
         else:
-            raise DLAInputError(
-                f"{where} is a {type(item).__name__}; expected an IMAGE tensor or a PIL image."
-            )
+            raise DLAInputError(f"{where} is a {type(item).__name__}; expected an IMAGE tensor or a PIL image.")
     if not result:
         raise DLAInputError(f"No {name} given (empty list). Connect at least one reference IMAGE.")
     return result

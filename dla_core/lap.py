@@ -27,6 +27,7 @@ Design choices the paper leaves open (documented, configurable):
 Both pools can express "take layer k unchanged" exactly, which the identity initialisation
 uses (:meth:`LayerwiseAttentionPooling.init_identity`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,9 @@ class LayerAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_hidden: int):
         super().__init__()
         if width % heads != 0:
-            raise DLAInputError(f"LAP width {width} is not divisible by {heads} attention heads; choose heads that divide it.")
+            raise DLAInputError(
+                f"LAP width {width} is not divisible by {heads} attention heads; choose heads that divide it."
+            )
         self.heads = heads
         self.attn_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
@@ -146,7 +149,7 @@ class LayerwiseAttentionPooling(nn.Module):
         self.pool_fc.bias.zero_()
         if self.pool == "flatten":
             # pool_fc sees [layer 0 | layer 1 | ...]; route only the chosen layer's slot.
-            self.pool_fc.weight[:, layer * self.lap_width:(layer + 1) * self.lap_width] = eye
+            self.pool_fc.weight[:, layer * self.lap_width : (layer + 1) * self.lap_width] = eye
         else:
             self.layer_weights.zero_()
             self.layer_weights[layer] = 1.0
@@ -160,7 +163,8 @@ class LayerwiseAttentionPooling(nn.Module):
         if hidden_states.dim() == 3:
             return self._forward_items(hidden_states)
         raise DLAInputError(
-            f"LAP expects hidden states [batch, layers, tokens, width] or [items, layers, width], got shape {tuple(hidden_states.shape)}."
+            "LAP expects hidden states [batch, layers, tokens, width] or [items, layers, width], got shape "
+            f"{tuple(hidden_states.shape)}."
         )
 
     def _forward_items(self, items: torch.Tensor) -> torch.Tensor:

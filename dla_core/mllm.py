@@ -18,6 +18,7 @@ so the last layer is always post-norm for every family. transformers 5 records Q
 deepstack layers before the deepstack addition (4.x added it in place into the recorded
 tensor); the capture here is the same on both: what decoder layer k reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -189,7 +190,7 @@ def _image_processor_entry(folder: Path) -> tuple[str, dict] | None:
 def _no_image_processor_error(folder: Path) -> DLAInputError:
     return DLAInputError(
         f"MLLM folder '{folder.name}' has no image processor (preprocessor_config.json) and its "
-        "processor_config.json has no \"image_processor\" entry (the transformers 5 layout). "
+        'processor_config.json has no "image_processor" entry (the transformers 5 layout). '
         "Download the processor files of the model too."
     )
 
@@ -353,8 +354,10 @@ def _prepare_images(mllm: LoadedMLLM, images: list, image_size: int | None) -> t
     """
     if image_size is None:
         return images, {}
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not (
-        MIN_IMAGE_SIDE <= image_size <= MAX_IMAGE_SIZE
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or not (MIN_IMAGE_SIDE <= image_size <= MAX_IMAGE_SIZE)
     ):
         raise DLAInputError(
             f"Reference resolution {image_size!r} is invalid; use an integer number of pixels between "

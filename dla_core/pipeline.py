@@ -22,6 +22,7 @@ weights (tests/integration/test_pipeline_parity.py):
 - sigmas: :func:`dla_core.flux.sampling.flux_sigmas` (ComfyUI: "simple" scheduler on a
   ModelSamplingFlux-patched model at the same size), Euler steps.
 """
+
 from __future__ import annotations
 
 import gc
@@ -137,7 +138,9 @@ class DLASubjectPipeline:
     after encoding ("cpu": moved to the CPU, "free": dropped, None: left in place).
     """
 
-    def __init__(self, transformer, vae, mllm, dla, device: str | torch.device = "cpu", offload_mllm: str | None = None):
+    def __init__(
+        self, transformer, vae, mllm, dla, device: str | torch.device = "cpu", offload_mllm: str | None = None
+    ):
         if offload_mllm not in (None, "cpu", "free"):
             raise DLAInputError(f"offload_mllm must be None, 'cpu' or 'free', got {offload_mllm!r}.")
         self.transformer = transformer
@@ -175,13 +178,17 @@ class DLASubjectPipeline:
         """
         for name, path in (("FLUX transformer", flux), ("VAE", vae), ("MLLM folder", mllm), ("DLA checkpoint", dla)):
             if not Path(path).exists():
-                raise DLAInputError(f"{name} not found: {path}. Check the path (models are read from local files only).")
+                raise DLAInputError(
+                    f"{name} not found: {path}. Check the path (models are read from local files only)."
+                )
         if lora is not None and not Path(lora).is_file():
             raise DLAInputError(f"LoRA file not found: {lora}. Give a .safetensors LoRA file.")
         torch_dtype = resolve_torch_dtype(dtype, device)
         transformer = load_flux_transformer(flux, dtype=torch_dtype, config=flux_config).to(device).eval()
         transformer.requires_grad_(False)
-        vae_model = load_flux_vae(vae, dtype=torch.float32 if torch_dtype == torch.float16 else torch_dtype).to(device).eval()
+        vae_model = (
+            load_flux_vae(vae, dtype=torch.float32 if torch_dtype == torch.float16 else torch_dtype).to(device).eval()
+        )
         vae_model.requires_grad_(False)
         loaded_mllm = load_mllm(mllm, dtype=mllm_dtype, device=device)
         dla_module = load_dla(dla, device=device, dtype=torch.float32)
@@ -205,7 +212,9 @@ class DLASubjectPipeline:
         if not path.is_file():
             raise DLAInputError(f"LoRA file not found: {path}. Give a .safetensors LoRA file.")
         if path.suffix.lower() != ".safetensors":
-            raise DLAInputError(f"LoRA '{path.name}' is not a .safetensors file; only safetensors are loaded (never pickles).")
+            raise DLAInputError(
+                f"LoRA '{path.name}' is not a .safetensors file; only safetensors are loaded (never pickles)."
+            )
         try:
             raw = load_file(str(path))
             if is_bfl_lora(raw):  # ComfyUI / BFL names: converted here at any width (diffusers' path fixes 3072)
@@ -248,12 +257,15 @@ class DLASubjectPipeline:
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value < SIZE_MULTIPLE or value > MAX_SIZE or value % SIZE_MULTIPLE:
                 raise DLAInputError(
-                    f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIZE} px, got {value!r}."
+                    f"{name} must be a multiple of {SIZE_MULTIPLE} between {SIZE_MULTIPLE} and {MAX_SIZE} px, got "
+                    f"{value!r}."
                 )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise DLAInputError(f"steps must be at least 1, got {num_inference_steps!r}.")
         if not (0.0 <= float(guidance_scale) <= 100.0):
-            raise DLAInputError(f"guidance must be between 0 and 100 (paper: {DEFAULT_GUIDANCE}), got {guidance_scale}.")
+            raise DLAInputError(
+                f"guidance must be between 0 and 100 (paper: {DEFAULT_GUIDANCE}), got {guidance_scale}."
+            )
         if float(true_cfg_scale) < 1.0:
             raise DLAInputError(f"true_cfg_scale must be 1 (off) or more, got {true_cfg_scale}.")
         if not isinstance(num_images, int) or not (1 <= num_images <= MAX_IMAGES):
@@ -266,7 +278,9 @@ class DLASubjectPipeline:
     def encode(self, prompt: str, references: list, mllm_image_size: int | None = None):
         """MLLM joint encode + DLA: returns (tokens [1, T, 4096], pooled [1, 768], null tokens, null pooled)."""
         if self.mllm is None:
-            raise DLAInputError("The MLLM was freed after the last call (offload_mllm='free'); load the pipeline again.")
+            raise DLAInputError(
+                "The MLLM was freed after the last call (offload_mllm='free'); load the pipeline again."
+            )
         features = encode_joint(self.mllm, prompt, references, image_size=mllm_image_size)
         self._after_encode()
         conditioning = self.dla(features.to(device=self.device))
@@ -285,7 +299,9 @@ class DLASubjectPipeline:
                 torch.cuda.empty_cache()
 
     @torch.no_grad()
-    def prepare_reference_latents(self, references: list[Image.Image], megapixels: float = DEFAULT_REFERENCE_MEGAPIXELS):
+    def prepare_reference_latents(
+        self, references: list[Image.Image], megapixels: float = DEFAULT_REFERENCE_MEGAPIXELS
+    ):
         """VAE-encode every reference at its identity resolution: model-space latents [1, 16, h, w] each."""
         latents, sizes = [], []
         vae_dtype = self.vae.dtype
@@ -354,8 +370,18 @@ class DLASubjectPipeline:
         """
         references = self._load_references(references)
         self.check_inputs(
-            prompt, references, height, width, num_inference_steps, guidance_scale, tau1, tau2,
-            num_images, true_cfg_scale, reference_method, reference_megapixels,
+            prompt,
+            references,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            tau1,
+            tau2,
+            num_images,
+            true_cfg_scale,
+            reference_method,
+            reference_megapixels,
         )
         if output_type not in ("pil", "latent"):
             raise DLAInputError(f"output_type must be 'pil' or 'latent', got {output_type!r}.")
@@ -363,7 +389,8 @@ class DLASubjectPipeline:
         sigma_list = self._sigmas(sigmas, height, width, num_inference_steps)
         if latents is not None and tuple(latents.shape) != (num_images, LATENT_CHANNELS, height // 8, width // 8):
             raise DLAInputError(
-                f"latents have shape {tuple(latents.shape)}; expected {(num_images, LATENT_CHANNELS, height // 8, width // 8)}."
+                f"latents have shape {tuple(latents.shape)}; expected "
+                f"{(num_images, LATENT_CHANNELS, height // 8, width // 8)}."
             )
 
         # 1. Encode: MLLM reads prompt + references jointly, the DLA aggregates all layers.
@@ -383,8 +410,16 @@ class DLASubjectPipeline:
         )
         # 4. Staged denoising.
         final, stages = staged_euler_sample(
-            self.transformer, start, sigma_list.to(self.device), conditioning, tau1, tau2,
-            guidance=guidance_scale, true_cfg_scale=true_cfg_scale, progress=progress, callback=callback,
+            self.transformer,
+            start,
+            sigma_list.to(self.device),
+            conditioning,
+            tau1,
+            tau2,
+            guidance=guidance_scale,
+            true_cfg_scale=true_cfg_scale,
+            progress=progress,
+            callback=callback,
         )
         # 5. Decode.
         images = self.decode(final) if output_type == "pil" else []

@@ -13,6 +13,7 @@ take any number of references and a resolution per reference.
 
 Nothing here imports torch or ComfyUI.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,9 +30,7 @@ EDIT_SYSTEM_PROMPT = (
     "that meets the user's requirements while maintaining consistency with the original input where appropriate."
 )
 EDIT_TEMPLATE = (
-    "<|im_start|>system\n" + EDIT_SYSTEM_PROMPT + "<|im_end|>\n"
-    "<|im_start|>user\n{}<|im_end|>\n"
-    "<|im_start|>assistant\n"
+    "<|im_start|>system\n" + EDIT_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 )
 
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -20,6 +20,7 @@ ComfyUI sigma lists have ``steps + 1`` entries and end with a trailing 0: step `
 ``sigmas[i]``. Functions that take a sigma list therefore ignore the last entry unless
 ``include_last=True``.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ STAGE_LABELS = {
 # The paper's defaults (arXiv 2605.26111, multi-stage denoising).
 DEFAULT_TAU1 = 0.95
 DEFAULT_TAU2 = 0.85
+
 
 def validate_taus(tau1: float, tau2: float) -> None:
     """Raise :class:`DLAInputError` unless ``0 <= tau2 <= tau1 <= 1``."""
@@ -89,7 +91,9 @@ def _step_sigmas(sigmas, include_last: bool) -> list[float]:
     return values if include_last else values[:-1]
 
 
-def stages_for_sigmas(sigmas: Sequence[float] | torch.Tensor, tau1: float, tau2: float, include_last: bool = False) -> list[int]:
+def stages_for_sigmas(
+    sigmas: Sequence[float] | torch.Tensor, tau1: float, tau2: float, include_last: bool = False
+) -> list[int]:
     """Stage of every sampling step of a sigma list (list or 1-D tensor).
 
     By default the trailing entry (ComfyUI's final 0, the end point of the last step, at

@@ -14,6 +14,7 @@ read them exactly like real checkpoints:
 Also used by ``python -m dla_core.train.tiny_setup``. The test suite's other tiny builders
 (Qwen-VL, ComfyUI-layout FLUX, Qwen-Image, text encoders) live under ``tests/``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,6 +46,8 @@ INTERNVL_SPECIAL_TOKENS = {
     "context_image_token": "<IMG_CONTEXT>",
     "video_token": "<video>",
 }
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table used by byte-level BPE vocabularies (CLIP's is the same).
 

@@ -3,6 +3,7 @@
 Used by ``init-dla`` and by checkpoint validation, so that neither needs to load the
 (possibly 8B) model just to know its layer count and width.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,8 @@ def read_mllm_spec(folder: str | Path) -> MLLMSpec:
     if model_type not in SUPPORTED_FAMILIES:
         raise DLAInputError(
             f"MLLM folder '{folder.name}' holds model_type '{model_type}', which this pack does not support. "
-            f"Supported: {', '.join(sorted(SUPPORTED_FAMILIES))} (InternVL3 must be the transformers-native '-hf' format)."
+            f"Supported: {', '.join(sorted(SUPPORTED_FAMILIES))} (InternVL3 must be the transformers-native '-hf' "
+            "format)."
         )
     text = _text_config(config)
     try:
@@ -73,4 +75,6 @@ def read_mllm_spec(folder: str | Path) -> MLLMSpec:
         raise DLAInputError(
             f"config.json of '{folder.name}' lacks the language model's num_hidden_layers/hidden_size."
         ) from exc
-    return MLLMSpec(family=SUPPORTED_FAMILIES[model_type], num_layers=num_decoder_layers + 1, width=width, name=folder.name)
+    return MLLMSpec(
+        family=SUPPORTED_FAMILIES[model_type], num_layers=num_decoder_layers + 1, width=width, name=folder.name
+    )

@@ -7,6 +7,7 @@
   kept, sides multiples of 16 (FLUX: 8x VAE downsampling times 2x2 patches), area capped.
 * :func:`strip_padding`: DLA output rows without their right padding.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,9 @@ def stages_in_range(t_high: float, t_low: float, tau1: float, tau2: float) -> tu
     return stages
 
 
-def identity_resolution(width: int, height: int, megapixels: float, upscale: bool = False, multiple: int = IDENTITY_MULTIPLE) -> tuple[int, int]:
+def identity_resolution(
+    width: int, height: int, megapixels: float, upscale: bool = False, multiple: int = IDENTITY_MULTIPLE
+) -> tuple[int, int]:
     """Width and height (px) to encode a ``width`` x ``height`` reference at.
 
     The aspect ratio is kept; the area is scaled to at most ``megapixels`` million pixels
@@ -48,7 +51,8 @@ def identity_resolution(width: int, height: int, megapixels: float, upscale: boo
         raise DLAInputError(f"Reference image is {width}x{height} px; it must have at least 1 px per side.")
     if not (0.0 <= megapixels <= MAX_IDENTITY_MEGAPIXELS) or math.isnan(megapixels):
         raise DLAInputError(
-            f"Identity resolution {megapixels} MP is out of range; use 0 (keep size) up to {MAX_IDENTITY_MEGAPIXELS} MP "
+            f"Identity resolution {megapixels} MP is out of range; use 0 (keep size) up to {MAX_IDENTITY_MEGAPIXELS} "
+            "MP "
             "(FLUX Kontext-style references are about 1 MP)."
         )
     scale = 1.0

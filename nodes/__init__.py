@@ -1,4 +1,5 @@
 """The pack's ComfyUI nodes (V3 schema), one module per concern; registered by the root ``__init__``."""
+
 from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io

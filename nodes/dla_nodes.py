@@ -1,4 +1,5 @@
 """DLA Loader and Dual Layer Aggregation: MLLM features -> native FLUX CONDITIONING."""
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,11 @@ class DLALoader(io.ComfyNode):
                 "staged sampler uses in its last stage."
             ),
             inputs=[
-                io.Combo.Input("dla_name", options=list_dla_files(), tooltip="DLA checkpoint in models/dla (made by training or by `python -m dla_core init-dla`)."),
+                io.Combo.Input(
+                    "dla_name",
+                    options=list_dla_files(),
+                    tooltip="DLA checkpoint in models/dla (made by training or by `python -m dla_core init-dla`).",
+                ),
             ],
             outputs=[DLA.Output(display_name="DLA", tooltip="The loaded DLA, for Dual Layer Aggregation.")],
         )
@@ -73,7 +78,9 @@ def aggregate_to_conditioning(handle: DLAHandle, features: MLLMFeatures, guidanc
     null_tokens = _to_conditioning_tensor(strip_padding(null.tokens, null.token_mask))
     off = [[null_tokens, {"pooled_output": _to_conditioning_tensor(null.pooled)}]]
     values = {"pooled_output": _to_conditioning_tensor(output.pooled), MLLM_OFF_KEY: off}
-    if target_spec(module.config.target).distilled_guidance:  # Qwen-Image takes none: emit what its native encoder emits
+    if target_spec(
+        module.config.target
+    ).distilled_guidance:  # Qwen-Image takes none: emit what its native encoder emits
         values["guidance"] = guidance
     return [[tokens, values]]
 
@@ -91,11 +98,25 @@ class DLAAggregate(io.ComfyNode):
                 "CONDITIONING: it works with every node that takes one."
             ),
             inputs=[
-                DLA.Input("dla", tooltip="The DLA from DLA Loader; it must be trained for the MLLM that made the features."),
+                DLA.Input(
+                    "dla", tooltip="The DLA from DLA Loader; it must be trained for the MLLM that made the features."
+                ),
                 MLLM_FEATURES.Input("mllm_features", tooltip="Hidden states from MLLM Joint Encode."),
-                io.Float.Input("guidance", default=DEFAULT_GUIDANCE, min=0.0, max=100.0, step=0.1, tooltip="FLUX distilled guidance (the paper uses 2.5)."),
+                io.Float.Input(
+                    "guidance",
+                    default=DEFAULT_GUIDANCE,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    tooltip="FLUX distilled guidance (the paper uses 2.5).",
+                ),
             ],
-            outputs=[io.Conditioning.Output(tooltip="FLUX conditioning (tokens + pooled + guidance) that also carries the DLA's 'MLLM off' conditioning for the Staged KSampler.")],
+            outputs=[
+                io.Conditioning.Output(
+                    tooltip="FLUX conditioning (tokens + pooled + guidance) that also carries the DLA's 'MLLM off' "
+                    "conditioning for the Staged KSampler."
+                )
+            ],
         )
 
     @classmethod

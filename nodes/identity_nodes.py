@@ -1,4 +1,5 @@
 """VAE Identity Encode: reference image(s) -> FLUX reference latents (the paper's VAE identity)."""
+
 from __future__ import annotations
 
 import comfy.utils
@@ -20,7 +21,9 @@ def _resize(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, RESAMPLING, "center").movedim(1, -1)
 
 
-def encode_identity(vae, images: list[torch.Tensor], megapixels: float, upscale: bool, method: str) -> ReferenceIdentity:
+def encode_identity(
+    vae, images: list[torch.Tensor], megapixels: float, upscale: bool, method: str
+) -> ReferenceIdentity:
     """VAE-encode every reference (each IMAGE batch item is one) at its own resolution; see ``identity_resolution``."""
     singles = []
     for index, batch in enumerate(images):
@@ -50,17 +53,47 @@ class DLAVAEIdentityEncode(io.ComfyNode):
             ),
             inputs=[
                 io.Vae.Input("vae", tooltip="The FLUX VAE (ae.safetensors)."),
-                io.Image.Input("image", tooltip="Reference image(s); every image of a batch is one more reference. RGB only."),
-                io.Float.Input("megapixels", default=DEFAULT_MEGAPIXELS, min=0.0, max=16.0, step=0.05, tooltip="Largest reference area in megapixels (aspect kept, sides rounded to multiples of 16). 0 = keep the size, only round."),
-                io.Boolean.Input("upscale_small", default=False, tooltip="Also enlarge references smaller than 'megapixels' (off: small references keep their size)."),
-                io.Combo.Input("placement", options=list(REFERENCE_METHODS), default="offset", tooltip="How FLUX positions the reference tokens: offset = beside the image (Kontext), index = own position index per reference, uxo = UNO/USO-style diagonal offsets."),
-                io.Image.Input("image_2", optional=True, tooltip="Optional extra reference image(s), e.g. of another size."),
+                io.Image.Input(
+                    "image", tooltip="Reference image(s); every image of a batch is one more reference. RGB only."
+                ),
+                io.Float.Input(
+                    "megapixels",
+                    default=DEFAULT_MEGAPIXELS,
+                    min=0.0,
+                    max=16.0,
+                    step=0.05,
+                    tooltip="Largest reference area in megapixels (aspect kept, sides rounded to multiples of 16). 0 = "
+                    "keep the size, only round.",
+                ),
+                io.Boolean.Input(
+                    "upscale_small",
+                    default=False,
+                    tooltip="Also enlarge references smaller than 'megapixels' (off: small references keep their "
+                    "size).",
+                ),
+                io.Combo.Input(
+                    "placement",
+                    options=list(REFERENCE_METHODS),
+                    default="offset",
+                    tooltip="How FLUX positions the reference tokens: offset = beside the image (Kontext), index = own "
+                    "position index per reference, uxo = UNO/USO-style diagonal offsets.",
+                ),
+                io.Image.Input(
+                    "image_2", optional=True, tooltip="Optional extra reference image(s), e.g. of another size."
+                ),
                 io.Image.Input("image_3", optional=True, tooltip="Optional extra reference image(s)."),
             ],
-            outputs=[IDENTITY.Output(display_name="IDENTITY", tooltip="Reference latents + placement, for the Staged KSampler / Staged Guider.")],
+            outputs=[
+                IDENTITY.Output(
+                    display_name="IDENTITY",
+                    tooltip="Reference latents + placement, for the Staged KSampler / Staged Guider.",
+                )
+            ],
         )
 
     @classmethod
-    def execute(cls, vae, image, megapixels: float, upscale_small: bool, placement: str, image_2=None, image_3=None) -> io.NodeOutput:
+    def execute(
+        cls, vae, image, megapixels: float, upscale_small: bool, placement: str, image_2=None, image_3=None
+    ) -> io.NodeOutput:
         images = [item for item in (image, image_2, image_3) if item is not None]
         return io.NodeOutput(encode_identity(vae, images, megapixels, upscale_small, placement))

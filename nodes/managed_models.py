@@ -12,6 +12,7 @@ Device policy (:func:`run_devices`): ``cpu`` always the CPU; ``gpu`` ComfyUI's m
 pack keeps these large models on the CPU (a whole 8B MLLM does not fit the cards those flags are
 for; pick ``gpu`` to override). ``--cpu`` makes every choice the CPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ class WholeModelPatcher(comfy.model_patcher.ModelPatcher):
     """A ``ModelPatcher`` that never splits its model across devices (no partial load or unload)."""
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
-        return super().load(device_to, lowvram_model_memory=0, force_patch_weights=force_patch_weights, full_load=True,
-                            **kwargs)
+        return super().load(
+            device_to, lowvram_model_memory=0, force_patch_weights=force_patch_weights, full_load=True, **kwargs
+        )
 
     def partially_unload(self, device_to, memory_to_free=0, *args, **kwargs):
         return 0  # ComfyUI then unloads the whole model (LoadedModel.model_unload falls back to detach)

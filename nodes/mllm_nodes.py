@@ -1,4 +1,5 @@
 """MLLM Loader and MLLM Joint Encode: an HF-format VLM read as ComfyUI-managed model."""
+
 from __future__ import annotations
 
 import comfy.model_management
@@ -55,9 +56,26 @@ class DLAMLLMLoader(io.ComfyNode):
                 "encodes and offloads it before FLUX samples."
             ),
             inputs=[
-                io.Combo.Input("mllm_name", options=list_mllm_folders(), tooltip="Model folder under models/mllm or models/LLM (a folder with config.json, safetensors weights, tokenizer and processor files)."),
-                io.Combo.Input("dtype", options=DTYPE_OPTIONS, default="auto", tooltip="Weight precision. auto = the dtype stored in the folder's config (bf16 for InternVL3/Qwen-VL)."),
-                io.Combo.Input("device", options=DEVICE_OPTIONS, default="default", tooltip="Where the MLLM runs: default = ComfyUI's text-encoder device, gpu = the main GPU, cpu = always the CPU (slow, saves VRAM)."),
+                io.Combo.Input(
+                    "mllm_name",
+                    options=list_mllm_folders(),
+                    tooltip="Model folder under models/mllm or models/LLM (a folder with config.json, safetensors "
+                    "weights, tokenizer and processor files).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=DTYPE_OPTIONS,
+                    default="auto",
+                    tooltip="Weight precision. auto = the dtype stored in the folder's config (bf16 for "
+                    "InternVL3/Qwen-VL).",
+                ),
+                io.Combo.Input(
+                    "device",
+                    options=DEVICE_OPTIONS,
+                    default="default",
+                    tooltip="Where the MLLM runs: default = ComfyUI's text-encoder device, gpu = the main GPU, cpu = "
+                    "always the CPU (slow, saves VRAM).",
+                ),
             ],
             outputs=[MLLM.Output(display_name="MLLM", tooltip="The loaded MLLM, for MLLM Joint Encode.")],
         )
@@ -80,7 +98,9 @@ def references_from_inputs(images: list) -> list[torch.Tensor]:
 def encode_with_managed_mllm(handle: MLLMHandle, prompt: str, references: list[torch.Tensor], image_size: int):
     """Load the MLLM through model management, encode jointly, return features on the intermediate device."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise DLAInputError("The prompt is empty. Write an instruction, e.g. 'the dog from the picture running on a beach'.")
+        raise DLAInputError(
+            "The prompt is empty. Write an instruction, e.g. 'the dog from the picture running on a beach'."
+        )
     load_whole(handle.patcher)
     features = encode_joint(handle.loaded, prompt, references, image_size=image_size or None)
     return features.to(device=comfy.model_management.intermediate_device())
@@ -99,13 +119,40 @@ class DLAMLLMJointEncode(io.ComfyNode):
             ),
             inputs=[
                 MLLM.Input("mllm", tooltip="The MLLM from MLLM Loader (DLA)."),
-                io.String.Input("prompt", multiline=True, default="", tooltip="The instruction: what to make of the subject, e.g. 'the dog from the picture running on a beach'."),
-                io.Image.Input("image", tooltip="Reference image(s) of the subject. Every image of a batch is one more reference; RGB only (no alpha, no grayscale)."),
-                io.Int.Input("image_size", default=DEFAULT_IMAGE_SIZE, min=0, max=4096, step=1, tooltip="Resolution (px) the MLLM sees each reference at. InternVL3: longer side, 448 = one tile; Qwen-VL: about size x size pixels. 0 = the processor's default."),
-                io.Image.Input("image_2", optional=True, tooltip="Optional extra reference image(s), e.g. of another size than 'image'."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    tooltip="The instruction: what to make of the subject, e.g. 'the dog from the picture running on a "
+                    "beach'.",
+                ),
+                io.Image.Input(
+                    "image",
+                    tooltip="Reference image(s) of the subject. Every image of a batch is one more reference; RGB only "
+                    "(no alpha, no grayscale).",
+                ),
+                io.Int.Input(
+                    "image_size",
+                    default=DEFAULT_IMAGE_SIZE,
+                    min=0,
+                    max=4096,
+                    step=1,
+                    tooltip="Resolution (px) the MLLM sees each reference at. InternVL3: longer side, 448 = one tile; "
+                    "Qwen-VL: about size x size pixels. 0 = the processor's default.",
+                ),
+                io.Image.Input(
+                    "image_2",
+                    optional=True,
+                    tooltip="Optional extra reference image(s), e.g. of another size than 'image'.",
+                ),
                 io.Image.Input("image_3", optional=True, tooltip="Optional extra reference image(s)."),
             ],
-            outputs=[MLLM_FEATURES.Output(display_name="MLLM_FEATURES", tooltip="Hidden states of all MLLM layers with text/image token masks, for Dual Layer Aggregation.")],
+            outputs=[
+                MLLM_FEATURES.Output(
+                    display_name="MLLM_FEATURES",
+                    tooltip="Hidden states of all MLLM layers with text/image token masks, for Dual Layer Aggregation.",
+                )
+            ],
         )
 
     @classmethod

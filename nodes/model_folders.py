@@ -3,6 +3,7 @@
 Paths that ``extra_model_paths.yaml`` (loaded before custom nodes) added under these names
 are kept: the default folders are appended after them, never put in their place.
 """
+
 from __future__ import annotations
 
 import os

@@ -13,15 +13,16 @@ template), and returns both
 No transformers copy of the model is loaded: the fp8/bf16 file ComfyUI already holds runs
 once, through ComfyUI's public ``clip.tokenize`` / ``clip.encode_from_tokens_scheduled``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 
+import comfy.utils
 import torch
 from comfy_api.latest import io
 
-import comfy.utils
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.images import reference_frames
@@ -49,8 +50,10 @@ def comfy_qwen_modules(clip) -> dict:
     """
     from comfy.text_encoders.qwen_image import QwenImageTokenizer  # noqa: PLC0415 (ComfyUI only)
 
-    load_hint = ("Load Qwen2.5-VL-7B (e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors from models/text_encoders) "
-                 "with a 'Load CLIP' (CLIPLoader) node set to type 'qwen_image'.")
+    load_hint = (
+        "Load Qwen2.5-VL-7B (e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors from models/text_encoders) "
+        "with a 'Load CLIP' (CLIPLoader) node set to type 'qwen_image'."
+    )
     cond_model = getattr(clip, "cond_stage_model", None)
     if cond_model is None or not hasattr(clip, "tokenize"):
         raise DLAInputError(f"The 'clip' input is not a ComfyUI CLIP (got {type(clip).__name__}). {load_hint}")
@@ -151,17 +154,23 @@ def _holds_weights(weight: torch.Tensor) -> bool:
 def check_vision_tower(modules: dict) -> None:
     """Raise :class:`DLAInputError` when the encoder cannot see images."""
     visual = modules["visual"]
-    fix = ("Reference images need Qwen2.5-VL's vision tower: use a text encoder file that includes it "
-           "(ComfyUI's qwen_2.5_vl_7b_fp8_scaled.safetensors does), or connect no images.")
+    fix = (
+        "Reference images need Qwen2.5-VL's vision tower: use a text encoder file that includes it "
+        "(ComfyUI's qwen_2.5_vl_7b_fp8_scaled.safetensors does), or connect no images."
+    )
     if visual is None:
         raise DLAInputError("This Qwen2.5 text encoder has no vision tower. " + fix)
     for name in VISION_PROBE_WEIGHTS:
         try:
             weight = visual.get_parameter(name)
         except AttributeError:
-            raise DLAInputError(f"This ComfyUI's Qwen2.5-VL vision tower has no '{name}'; update the DLA pack.") from None
+            raise DLAInputError(
+                f"This ComfyUI's Qwen2.5-VL vision tower has no '{name}'; update the DLA pack."
+            ) from None
         if not _holds_weights(weight):
-            raise DLAInputError("The vision tower of this Qwen2.5-VL text encoder holds no weights (the file lacks visual.*). " + fix)
+            raise DLAInputError(
+                "The vision tower of this Qwen2.5-VL text encoder holds no weights (the file lacks visual.*). " + fix
+            )
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,8 +180,9 @@ def resize_area(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return comfy.utils.common_upscale(samples, width, height, "area", "disabled").movedim(1, -1)
 
 
-def encode_qwen_joint(clip, prompt: str, images: list, mllm_resolution: int = NATIVE_MLLM_SIDE,
-                      mllm_resolutions: str = "") -> tuple[list, MLLMFeatures]:
+def encode_qwen_joint(
+    clip, prompt: str, images: list, mllm_resolution: int = NATIVE_MLLM_SIDE, mllm_resolutions: str = ""
+) -> tuple[list, MLLMFeatures]:
     """One Qwen2.5-VL forward over Qwen-Image-Edit's template -> (native conditioning, all-layer features)."""
     modules = comfy_qwen_modules(clip)
     if not isinstance(prompt, str):
@@ -201,7 +211,7 @@ def encode_qwen_joint(clip, prompt: str, images: list, mllm_resolution: int = NA
     for info in records[0]["embeds_info"]:
         if info.get("type") == "image":
             start, size = int(info["index"]), int(info["size"])
-            image_mask[start:start + size] = True
+            image_mask[start : start + size] = True
             spans.append((start - dropped, size))
     if len(spans) != len(refs):
         raise DLAInputError(
@@ -238,9 +248,10 @@ class DLAQwenCLIPJointEncode(io.ComfyNode):
     def define_schema(cls):
         image_inputs = [
             io.Image.Input(
-                f"image{i}", optional=True,
+                f"image{i}",
+                optional=True,
                 tooltip=f"Reference image(s) {i}. Every frame of a batch is its own reference; references are tagged "
-                        "'Picture 1', 'Picture 2', ... in the order image1 frames, image2 frames, ...",
+                "'Picture 1', 'Picture 2', ... in the order image1 frames, image2 frames, ...",
             )
             for i in range(1, MAX_REFERENCE_INPUTS + 1)
         ]
@@ -256,23 +267,46 @@ class DLAQwenCLIPJointEncode(io.ComfyNode):
                 "number of references and a resolution per reference."
             ),
             inputs=[
-                io.Clip.Input("clip", tooltip="Qwen2.5-VL-7B loaded by 'Load CLIP' with type 'qwen_image' (e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors)."),
-                io.String.Input("prompt", multiline=True, dynamic_prompts=True, tooltip="The edit or subject instruction. Refer to references as 'Picture 1', 'Picture 2', ..."),
-                io.Int.Input(
-                    "mllm_resolution", default=NATIVE_MLLM_SIDE, min=28, max=4096, step=4,
-                    tooltip="Each reference is scaled (aspect kept) to about this side squared in pixels before Qwen2.5-VL "
-                            "sees it. 384 matches the native node; larger shows the MLLM more detail and costs more tokens.",
+                io.Clip.Input(
+                    "clip",
+                    tooltip="Qwen2.5-VL-7B loaded by 'Load CLIP' with type 'qwen_image' (e.g. "
+                    "qwen_2.5_vl_7b_fp8_scaled.safetensors).",
                 ),
                 io.String.Input(
-                    "mllm_resolutions", default="", optional=True,
+                    "prompt",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    tooltip="The edit or subject instruction. Refer to references as 'Picture 1', 'Picture 2', ...",
+                ),
+                io.Int.Input(
+                    "mllm_resolution",
+                    default=NATIVE_MLLM_SIDE,
+                    min=28,
+                    max=4096,
+                    step=4,
+                    tooltip="Each reference is scaled (aspect kept) to about this side squared in pixels before "
+                    "Qwen2.5-VL "
+                    "sees it. 384 matches the native node; larger shows the MLLM more detail and costs more tokens.",
+                ),
+                io.String.Input(
+                    "mllm_resolutions",
+                    default="",
+                    optional=True,
                     tooltip="Optional per-reference override: sides in pixels separated by commas, in Picture order, "
-                            "e.g. '384, 768'. A shorter list repeats its last value; empty uses mllm_resolution for all.",
+                    "e.g. '384, 768'. A shorter list repeats its last value; empty uses mllm_resolution for all.",
                 ),
                 *image_inputs,
             ],
             outputs=[
-                io.Conditioning.Output(display_name="conditioning", tooltip="Native Qwen-Image-Edit conditioning (no reference latents yet)."),
-                MLLM_FEATURES.Output(display_name="mllm_features", tooltip="Hidden states of every Qwen2.5-VL layer with text/image token masks, for Dual Layer Aggregation."),
+                io.Conditioning.Output(
+                    display_name="conditioning",
+                    tooltip="Native Qwen-Image-Edit conditioning (no reference latents yet).",
+                ),
+                MLLM_FEATURES.Output(
+                    display_name="mllm_features",
+                    tooltip="Hidden states of every Qwen2.5-VL layer with text/image token masks, for Dual Layer "
+                    "Aggregation.",
+                ),
             ],
         )
 

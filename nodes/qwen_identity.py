@@ -6,13 +6,13 @@ to a conditioning under ComfyUI's ``reference_latents`` key with the placement m
 model expects, so the same conditioning works with ComfyUI's samplers and with the staged
 ones (where stage 1 simply uses the conditioning without this node).
 """
+
 from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io
-
 import node_helpers
+from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
 from ..dla_core.flux.references import REFERENCE_METHODS as FLUX_REFERENCE_METHODS
@@ -96,7 +96,12 @@ class DLAReferenceLatents(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         image_inputs = [
-            io.Image.Input(f"image{i}", optional=True, tooltip=f"Reference image(s) {i}; every frame of a batch is its own reference, in the same order as in the joint encode.")
+            io.Image.Input(
+                f"image{i}",
+                optional=True,
+                tooltip=f"Reference image(s) {i}; every frame of a batch is its own reference, in the same order as in "
+                "the joint encode.",
+            )
             for i in range(1, MAX_REFERENCE_INPUTS + 1)
         ]
         return io.Schema(
@@ -104,28 +109,48 @@ class DLAReferenceLatents(io.ComfyNode):
             display_name="Reference Latents (DLA)",
             category=CATEGORY,
             description=(
-                "VAE-encodes any number of references, each at its own resolution, and appends them to the conditioning "
+                "VAE-encodes any number of references, each at its own resolution, and appends them to the "
+                "conditioning "
                 "as reference latents (identity for Qwen-Image-Edit and FLUX Kontext). Feed the conditioning without "
                 "this node to stage 1 of the advanced staged sampler and the one with it to stages 2 and 3."
             ),
             inputs=[
-                io.Conditioning.Input("conditioning", tooltip="Conditioning to add the reference latents to (e.g. from Qwen2.5-VL Joint Encode or CLIPTextEncode)."),
-                io.Vae.Input("vae", tooltip="The model's VAE (qwen_image_vae.safetensors for Qwen-Image-Edit, ae.safetensors for FLUX Kontext)."),
+                io.Conditioning.Input(
+                    "conditioning",
+                    tooltip="Conditioning to add the reference latents to (e.g. from Qwen2.5-VL Joint Encode or "
+                    "CLIPTextEncode).",
+                ),
+                io.Vae.Input(
+                    "vae",
+                    tooltip="The model's VAE (qwen_image_vae.safetensors for Qwen-Image-Edit, ae.safetensors for FLUX "
+                    "Kontext).",
+                ),
                 io.Int.Input(
-                    "vae_resolution", default=NATIVE_VAE_SIDE, min=64, max=4096, step=8,
-                    tooltip="Each reference is scaled (aspect kept, sides rounded to 8) to about this side squared in pixels "
-                            "before VAE encoding. 1024 matches the native Qwen-Image-Edit node; smaller is cheaper, larger keeps more detail.",
+                    "vae_resolution",
+                    default=NATIVE_VAE_SIDE,
+                    min=64,
+                    max=4096,
+                    step=8,
+                    tooltip="Each reference is scaled (aspect kept, sides rounded to 8) to about this side squared in "
+                    "pixels "
+                    "before VAE encoding. 1024 matches the native Qwen-Image-Edit node; smaller is cheaper, larger "
+                    "keeps more detail.",
                 ),
                 io.Combo.Input(
-                    "reference_latents_method", options=list(METHOD_CHOICES), default=METHOD_CHOICES[0],
+                    "reference_latents_method",
+                    options=list(METHOD_CHOICES),
+                    default=METHOD_CHOICES[0],
                     tooltip="How the DiT places the references. Default: the model's own method (nothing is written; "
-                            "newer ComfyUI reads it from the checkpoint, e.g. index_timestep_zero for Qwen-Image-Edit-2511). "
-                            "Override: Qwen-Image-Edit-2509: index; 2511: index_timestep_zero (falls back to index, with a "
-                            "warning, on a ComfyUI that lacks it); FLUX Kontext: offset.",
+                    "newer ComfyUI reads it from the checkpoint, e.g. index_timestep_zero for Qwen-Image-Edit-2511). "
+                    "Override: Qwen-Image-Edit-2509: index; 2511: index_timestep_zero (falls back to index, with a "
+                    "warning, on a ComfyUI that lacks it); FLUX Kontext: offset.",
                 ),
                 io.String.Input(
-                    "vae_resolutions", default="", optional=True,
-                    tooltip="Optional per-reference override: sides in pixels separated by commas, in reference order, e.g. '1024, 512'.",
+                    "vae_resolutions",
+                    default="",
+                    optional=True,
+                    tooltip="Optional per-reference override: sides in pixels separated by commas, in reference order, "
+                    "e.g. '1024, 512'.",
                 ),
                 *image_inputs,
             ],
@@ -133,8 +158,15 @@ class DLAReferenceLatents(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, conditioning, vae, vae_resolution=NATIVE_VAE_SIDE, reference_latents_method=METHOD_CHOICES[0],
-                vae_resolutions="", **images) -> io.NodeOutput:
+    def execute(
+        cls,
+        conditioning,
+        vae,
+        vae_resolution=NATIVE_VAE_SIDE,
+        reference_latents_method=METHOD_CHOICES[0],
+        vae_resolutions="",
+        **images,
+    ) -> io.NodeOutput:
         ordered = [images.get(f"image{i}") for i in range(1, MAX_REFERENCE_INPUTS + 1)]
         method, note = choose_method(reference_latents_method)
         if note:

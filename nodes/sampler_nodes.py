@@ -1,4 +1,5 @@
 """Staged KSampler, Staged Guider and Stage Conditioning: the paper's three-stage schedule."""
+
 from __future__ import annotations
 
 import inspect
@@ -33,7 +34,9 @@ def validate_taus_input(tau1, tau2):
     return True
 
 
-def make_staged_guider(model, positive, cfg: float, tau1: float, tau2: float, negative=None, identity=None, stage3_conditioning=None) -> StagedCFGGuider:
+def make_staged_guider(
+    model, positive, cfg: float, tau1: float, tau2: float, negative=None, identity=None, stage3_conditioning=None
+) -> StagedCFGGuider:
     """A :class:`StagedCFGGuider` with every stage's conditioning set."""
     guider = StagedCFGGuider(model, tau1, tau2)
     guider.set_conds(positive, negative, _optional_identity(identity), stage3_conditioning)
@@ -79,18 +82,45 @@ def ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, lat
     latent_image = fit_empty_latent(model, latent)
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     sigmas = comfy.samplers.KSampler(
-        model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler, denoise=denoise, model_options=model.model_options
+        model,
+        steps=steps,
+        device=model.load_device,
+        sampler=sampler_name,
+        scheduler=scheduler,
+        denoise=denoise,
+        model_options=model.model_options,
     ).sigmas
     sampler = comfy.samplers.sampler_object(sampler_name)
     callback = latent_preview.prepare_callback(model, steps)
     samples = guider.sample(
-        noise, latent_image, sampler, sigmas, denoise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+        noise,
+        latent_image,
+        sampler,
+        sigmas,
+        denoise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
     )
     return sampled_latent(latent, samples)
 
 
-def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, latent, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> dict:
+def staged_ksample(
+    model,
+    seed,
+    steps,
+    cfg,
+    sampler_name,
+    scheduler,
+    positive,
+    latent,
+    denoise,
+    tau1,
+    tau2,
+    negative=None,
+    identity=None,
+    stage3_conditioning=None,
+) -> dict:
     """The Staged KSampler: :func:`ksample_with_guider` with the DLA's staged guider."""
     guider = make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
     return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
@@ -98,16 +128,44 @@ def staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, l
 
 def _stage_inputs() -> list:
     return [
-        io.Float.Input("tau1", default=DEFAULT_TAU1, min=0.0, max=1.0, step=0.01, tooltip="Stage 1 (MLLM only) while t >= tau1; t is the flow time (1 = pure noise). 0 with tau2 0 = every step in stage 1 (no identity)."),
-        io.Float.Input("tau2", default=DEFAULT_TAU2, min=0.0, max=1.0, step=0.01, tooltip="Stage 2 (MLLM + identity) while tau2 <= t < tau1, stage 3 (identity only) below. Must not exceed tau1; 0 = no stage 3."),
+        io.Float.Input(
+            "tau1",
+            default=DEFAULT_TAU1,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Stage 1 (MLLM only) while t >= tau1; t is the flow time (1 = pure noise). 0 with tau2 0 = every "
+            "step in stage 1 (no identity).",
+        ),
+        io.Float.Input(
+            "tau2",
+            default=DEFAULT_TAU2,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Stage 2 (MLLM + identity) while tau2 <= t < tau1, stage 3 (identity only) below. Must not exceed "
+            "tau1; 0 = no stage 3.",
+        ),
     ]
 
 
 def _optional_conditioning_inputs() -> list:
     return [
-        io.Conditioning.Input("negative", optional=True, tooltip="Negative conditioning (used when cfg > 1). Not connected: the DLA's 'MLLM off' conditioning. It gets the reference latents in stages 2 and 3 like the positive."),
-        IDENTITY.Input("identity", optional=True, tooltip="Reference latents from VAE Identity Encode, added in stages 2 and 3."),
-        io.Conditioning.Input("stage3_conditioning", optional=True, tooltip="Replaces the DLA's learned 'MLLM off' conditioning in stage 3 (e.g. ConditioningZeroOut, or a text prompt)."),
+        io.Conditioning.Input(
+            "negative",
+            optional=True,
+            tooltip="Negative conditioning (used when cfg > 1). Not connected: the DLA's 'MLLM off' conditioning. It "
+            "gets the reference latents in stages 2 and 3 like the positive.",
+        ),
+        IDENTITY.Input(
+            "identity", optional=True, tooltip="Reference latents from VAE Identity Encode, added in stages 2 and 3."
+        ),
+        io.Conditioning.Input(
+            "stage3_conditioning",
+            optional=True,
+            tooltip="Replaces the DLA's learned 'MLLM off' conditioning in stage 3 (e.g. ConditioningZeroOut, or a "
+            "text prompt).",
+        ),
     ]
 
 
@@ -126,13 +184,50 @@ class DLAStagedKSampler(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="FLUX model (UNETLoader + LoRA)."),
                 io.Conditioning.Input("positive", tooltip="MLLM conditioning from Dual Layer Aggregation."),
-                io.Latent.Input("latent_image", tooltip="Latent to denoise (Empty Latent / EmptySD3LatentImage, or an encoded image with denoise < 1). Its batch size is honoured."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Random seed for the noise."),
+                io.Latent.Input(
+                    "latent_image",
+                    tooltip="Latent to denoise (Empty Latent / EmptySD3LatentImage, or an encoded image with denoise < "
+                    "1). Its batch size is honoured.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
+                    tooltip="Random seed for the noise.",
+                ),
                 io.Int.Input("steps", default=28, min=1, max=10000, tooltip="Denoising steps (the paper: 28)."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale. FLUX.1-dev: 1 (its guidance is the 'guidance' of the conditioning)."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, default="euler", tooltip="Sampling algorithm; all of ComfyUI's work, second-order ones too."),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple", tooltip="Noise schedule; FLUX uses 'simple' (its shift comes from the model)."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Amount of denoising; below 1 sampling starts at a lower t, possibly after stage 1."),
+                io.Float.Input(
+                    "cfg",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale. FLUX.1-dev: 1 (its guidance is the 'guidance' of the "
+                    "conditioning).",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.SAMPLER_NAMES,
+                    default="euler",
+                    tooltip="Sampling algorithm; all of ComfyUI's work, second-order ones too.",
+                ),
+                io.Combo.Input(
+                    "scheduler",
+                    options=comfy.samplers.SCHEDULER_NAMES,
+                    default="simple",
+                    tooltip="Noise schedule; FLUX uses 'simple' (its shift comes from the model).",
+                ),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Amount of denoising; below 1 sampling starts at a lower t, possibly after stage 1.",
+                ),
                 *_stage_inputs(),
                 *_optional_conditioning_inputs(),
             ],
@@ -144,9 +239,40 @@ class DLAStagedKSampler(io.ComfyNode):
         return validate_taus_input(tau1, tau2)
 
     @classmethod
-    def execute(cls, model, positive, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        denoise,
+        tau1,
+        tau2,
+        negative=None,
+        identity=None,
+        stage3_conditioning=None,
+    ) -> io.NodeOutput:
         return io.NodeOutput(
-            staged_ksample(model, seed, steps, cfg, sampler_name, scheduler, positive, latent_image, denoise, tau1, tau2, negative, identity, stage3_conditioning)
+            staged_ksample(
+                model,
+                seed,
+                steps,
+                cfg,
+                sampler_name,
+                scheduler,
+                positive,
+                latent_image,
+                denoise,
+                tau1,
+                tau2,
+                negative,
+                identity,
+                stage3_conditioning,
+            )
         )
 
 
@@ -157,11 +283,20 @@ class DLAStagedGuider(io.ComfyNode):
             node_id="DLAStagedGuider",
             display_name="Staged Guider",
             category=CATEGORY,
-            description="The Staged KSampler's three-stage conditioning as a GUIDER for SamplerCustomAdvanced (any noise, sampler and sigmas).",
+            description="The Staged KSampler's three-stage conditioning as a GUIDER for SamplerCustomAdvanced (any "
+            "noise, sampler and sigmas).",
             inputs=[
                 io.Model.Input("model", tooltip="FLUX model (UNETLoader + LoRA)."),
                 io.Conditioning.Input("positive", tooltip="MLLM conditioning from Dual Layer Aggregation."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale. FLUX.1-dev: 1."),
+                io.Float.Input(
+                    "cfg",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale. FLUX.1-dev: 1.",
+                ),
                 *_stage_inputs(),
                 *_optional_conditioning_inputs(),
             ],
@@ -173,8 +308,12 @@ class DLAStagedGuider(io.ComfyNode):
         return validate_taus_input(tau1, tau2)
 
     @classmethod
-    def execute(cls, model, positive, cfg, tau1, tau2, negative=None, identity=None, stage3_conditioning=None) -> io.NodeOutput:
-        return io.NodeOutput(make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning))
+    def execute(
+        cls, model, positive, cfg, tau1, tau2, negative=None, identity=None, stage3_conditioning=None
+    ) -> io.NodeOutput:
+        return io.NodeOutput(
+            make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
+        )
 
 
 class DLAStageConditioning(io.ComfyNode):
@@ -190,9 +329,22 @@ class DLAStageConditioning(io.ComfyNode):
             ),
             inputs=[
                 io.Conditioning.Input("positive", tooltip="MLLM conditioning from Dual Layer Aggregation."),
-                io.Combo.Input("stage", options=STAGE_OPTIONS, default=STAGE_OPTIONS[1], tooltip="Which stage's conditioning to output."),
-                IDENTITY.Input("identity", optional=True, tooltip="Reference latents from VAE Identity Encode (used by stages 2 and 3)."),
-                io.Conditioning.Input("stage3_conditioning", optional=True, tooltip="Replaces the DLA's 'MLLM off' conditioning for stage 3."),
+                io.Combo.Input(
+                    "stage",
+                    options=STAGE_OPTIONS,
+                    default=STAGE_OPTIONS[1],
+                    tooltip="Which stage's conditioning to output.",
+                ),
+                IDENTITY.Input(
+                    "identity",
+                    optional=True,
+                    tooltip="Reference latents from VAE Identity Encode (used by stages 2 and 3).",
+                ),
+                io.Conditioning.Input(
+                    "stage3_conditioning",
+                    optional=True,
+                    tooltip="Replaces the DLA's 'MLLM off' conditioning for stage 3.",
+                ),
             ],
             outputs=[io.Conditioning.Output(tooltip="The stage's conditioning.")],
         )

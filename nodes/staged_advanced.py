@@ -15,6 +15,7 @@ When every step falls in one stage the result is bit-identical to ComfyUI's ``KS
 given that stage's conditioning: the stage guider is the pack's ``StagedCFGGuider``, which
 calls ComfyUI's own ``sampling_function`` on conditionings prepared by ComfyUI's own code.
 """
+
 from __future__ import annotations
 
 import comfy.samplers
@@ -55,13 +56,16 @@ class PerStageGuider(StagedCFGGuider):
             self._available[stage] = (positives[stage] is not None, negatives[stage] is not None)
             conds[positive_key] = node_helpers.conditioning_set_values(positives[stage], {"prompt_type": "positive"})
             if negatives[stage] is not None:
-                conds[negative_key] = node_helpers.conditioning_set_values(negatives[stage], {"prompt_type": "negative"})
+                conds[negative_key] = node_helpers.conditioning_set_values(
+                    negatives[stage], {"prompt_type": "negative"}
+                )
         self.original_conds = {}
         self.inner_set_conds(conds)
 
 
-def staged_ksample_advanced(model, seed, steps, cfg, sampler_name, scheduler, latent, denoise, tau1, tau2,
-                            positives: dict, negatives: dict) -> dict:
+def staged_ksample_advanced(
+    model, seed, steps, cfg, sampler_name, scheduler, latent, denoise, tau1, tau2, positives: dict, negatives: dict
+) -> dict:
     """The advanced Staged KSampler: :func:`ksample_with_guider` with per-stage conditioning."""
     guider = PerStageGuider(model, tau1, tau2)
     guider.set_stage_conds(positives, negatives)
@@ -79,29 +83,91 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
             display_name="Staged KSampler (Advanced, DLA)",
             category=CATEGORY,
             description=(
-                "One sampler pass whose conditioning changes with the denoising stage: stage 1 while t >= tau1, stage 2 "
+                "One sampler pass whose conditioning changes with the denoising stage: stage 1 while t >= tau1, stage "
+                "2 "
                 "while tau2 <= t < tau1, stage 3 below tau2 (t = flow time, 1 = pure noise). Wire e.g. text only to "
                 "stage 1 and text + reference latents to stages 2 and 3 to delay identity and avoid copy-paste. "
                 "An unconnected stage reuses the previous stage's conditioning. With every step in one stage the "
                 "result equals ComfyUI's KSampler with that stage's conditioning."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (FLUX Kontext, Qwen-Image-Edit, any ComfyUI MODEL)."),
-                io.Conditioning.Input("positive_stage1", tooltip="Positive conditioning of stage 1 (t >= tau1), e.g. the prompt without reference latents."),
-                io.Conditioning.Input("positive_stage2", optional=True, tooltip="Positive conditioning of stage 2 (tau2 <= t < tau1), e.g. the prompt + reference latents. Not connected: stage 1's."),
-                io.Conditioning.Input("positive_stage3", optional=True, tooltip="Positive conditioning of stage 3 (t < tau2), e.g. reference latents with the text zeroed. Not connected: stage 2's."),
-                io.Conditioning.Input("negative_stage1", optional=True, tooltip="Negative conditioning of stage 1 (needed when cfg > 1)."),
-                io.Conditioning.Input("negative_stage2", optional=True, tooltip="Negative of stage 2; give it the same reference latents as the positive. Not connected: stage 1's."),
-                io.Conditioning.Input("negative_stage3", optional=True, tooltip="Negative of stage 3. Not connected: stage 2's."),
+                io.Model.Input(
+                    "model", tooltip="The diffusion model (FLUX Kontext, Qwen-Image-Edit, any ComfyUI MODEL)."
+                ),
+                io.Conditioning.Input(
+                    "positive_stage1",
+                    tooltip="Positive conditioning of stage 1 (t >= tau1), e.g. the prompt without reference latents.",
+                ),
+                io.Conditioning.Input(
+                    "positive_stage2",
+                    optional=True,
+                    tooltip="Positive conditioning of stage 2 (tau2 <= t < tau1), e.g. the prompt + reference latents. "
+                    "Not connected: stage 1's.",
+                ),
+                io.Conditioning.Input(
+                    "positive_stage3",
+                    optional=True,
+                    tooltip="Positive conditioning of stage 3 (t < tau2), e.g. reference latents with the text zeroed. "
+                    "Not connected: stage 2's.",
+                ),
+                io.Conditioning.Input(
+                    "negative_stage1", optional=True, tooltip="Negative conditioning of stage 1 (needed when cfg > 1)."
+                ),
+                io.Conditioning.Input(
+                    "negative_stage2",
+                    optional=True,
+                    tooltip="Negative of stage 2; give it the same reference latents as the positive. Not connected: "
+                    "stage 1's.",
+                ),
+                io.Conditioning.Input(
+                    "negative_stage3", optional=True, tooltip="Negative of stage 3. Not connected: stage 2's."
+                ),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for text-to-image)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."
+                ),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Denoising steps."),
-                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="Classifier-free guidance scale. FLUX Kontext: 1 (guidance goes through FluxGuidance); Qwen-Image-Edit: about 4 with a negative."),
-                io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES, tooltip="Sampler; every ComfyUI sampler works (the stage is chosen per model call)."),
+                io.Float.Input(
+                    "cfg",
+                    default=1.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="Classifier-free guidance scale. FLUX Kontext: 1 (guidance goes through FluxGuidance); "
+                    "Qwen-Image-Edit: about 4 with a negative.",
+                ),
+                io.Combo.Input(
+                    "sampler_name",
+                    options=comfy.samplers.SAMPLER_NAMES,
+                    tooltip="Sampler; every ComfyUI sampler works (the stage is chosen per model call).",
+                ),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, tooltip="Scheduler."),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="Fraction of the schedule to run (1 = from pure noise)."),
-                io.Float.Input("tau1", default=DEFAULT_TAU1, min=0.0, max=1.0, step=0.01, tooltip="Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps skips stage 1."),
-                io.Float.Input("tau2", default=DEFAULT_TAU2, min=0.0, max=1.0, step=0.01, tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3."),
+                io.Float.Input(
+                    "denoise",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Fraction of the schedule to run (1 = from pure noise).",
+                ),
+                io.Float.Input(
+                    "tau1",
+                    default=DEFAULT_TAU1,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps "
+                    "skips stage 1.",
+                ),
+                io.Float.Input(
+                    "tau2",
+                    default=DEFAULT_TAU2,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
+                ),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
@@ -111,8 +177,40 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         return validate_taus_input(tau1, tau2)
 
     @classmethod
-    def execute(cls, model, positive_stage1, latent_image, seed, steps, cfg, sampler_name, scheduler, denoise, tau1, tau2,
-                positive_stage2=None, positive_stage3=None, negative_stage1=None, negative_stage2=None, negative_stage3=None) -> io.NodeOutput:
+    def execute(
+        cls,
+        model,
+        positive_stage1,
+        latent_image,
+        seed,
+        steps,
+        cfg,
+        sampler_name,
+        scheduler,
+        denoise,
+        tau1,
+        tau2,
+        positive_stage2=None,
+        positive_stage3=None,
+        negative_stage1=None,
+        negative_stage2=None,
+        negative_stage3=None,
+    ) -> io.NodeOutput:
         positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
         negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
-        return io.NodeOutput(staged_ksample_advanced(model, seed, steps, cfg, sampler_name, scheduler, latent_image, denoise, tau1, tau2, positives, negatives))
+        return io.NodeOutput(
+            staged_ksample_advanced(
+                model,
+                seed,
+                steps,
+                cfg,
+                sampler_name,
+                scheduler,
+                latent_image,
+                denoise,
+                tau1,
+                tau2,
+                positives,
+                negatives,
+            )
+        )

@@ -8,6 +8,7 @@ own cond processing, and each call goes through the same ``sampling_function`` a
 sampler given that stage's conditioning; nothing in the model is patched, only conditioning keys
 differ per stage.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,11 +53,15 @@ def with_identity(conditioning: list, identity: ReferenceIdentity | None) -> lis
     if identity is None:
         return conditioning
     values = identity.conditioning_values()
-    out = node_helpers.conditioning_set_values(conditioning, {"reference_latents": values["reference_latents"]}, append=True)
+    out = node_helpers.conditioning_set_values(
+        conditioning, {"reference_latents": values["reference_latents"]}, append=True
+    )
     return node_helpers.conditioning_set_values(out, {"reference_latents_method": values["reference_latents_method"]})
 
 
-def stage_conditionings(positive: list, negative: list | None, identity: ReferenceIdentity | None, stage3_positive: list | None = None) -> dict[int, tuple[list | None, list | None]]:
+def stage_conditionings(
+    positive: list, negative: list | None, identity: ReferenceIdentity | None, stage3_positive: list | None = None
+) -> dict[int, tuple[list | None, list | None]]:
     """(positive, negative) conditioning of each stage; None where it cannot be formed.
 
     Stage 1: MLLM, no identity. Stage 2: MLLM + identity. Stage 3: "MLLM off" (or the
@@ -66,7 +71,11 @@ def stage_conditionings(positive: list, negative: list | None, identity: Referen
     off = mllm_off(positive)
     stage3 = stage3_positive if stage3_positive is not None else off
     base_negative = negative if negative is not None else off
-    positives = {1: positive, 2: with_identity(positive, identity), 3: None if stage3 is None else with_identity(stage3, identity)}
+    positives = {
+        1: positive,
+        2: with_identity(positive, identity),
+        3: None if stage3 is None else with_identity(stage3, identity),
+    }
     negatives = {1: base_negative}
     for stage in (2, 3):
         negatives[stage] = None if base_negative is None else with_identity(base_negative, identity)
@@ -109,7 +118,9 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         if identity is None:
             logging.warning("DLA Staged sampler: no IDENTITY connected; stages 2 and 3 get no reference latents.")
         conds = {}
-        for stage, (stage_positive, stage_negative) in stage_conditionings(positive, negative, identity, stage3_positive).items():
+        for stage, (stage_positive, stage_negative) in stage_conditionings(
+            positive, negative, identity, stage3_positive
+        ).items():
             positive_key, negative_key = STAGE_COND_KEYS[stage]
             self._available[stage] = (stage_positive is not None, stage_negative is not None)
             if stage_positive is not None:
@@ -150,7 +161,9 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         if len(with_references) > 1 and reference_kv_caches(self.model_patcher):
             raise DLAInputError(KV_CACHE_MESSAGE.format(stages=" and ".join(map(str, with_references))))
 
-    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
+    def sample(
+        self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
+    ):
         if sigmas.shape[-1] == 0:
             return latent_image
         times = [self._time(sigma) for sigma in sigmas.flatten()]
@@ -158,7 +171,10 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self._check_stages(stages)
         self._check_kv_cache(stages)
         logging.info(
-            "DLA staged sampling (tau1=%s, tau2=%s): %s", self.tau1, self.tau2, describe_schedule(times, self.tau1, self.tau2)
+            "DLA staged sampling (tau1=%s, tau2=%s): %s",
+            self.tau1,
+            self.tau2,
+            describe_schedule(times, self.tau1, self.tau2),
         )
         keys = {key for stage in stages for key in STAGE_COND_KEYS[stage]}
         all_conds = self.original_conds
@@ -176,7 +192,16 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         positive_key, negative_key = STAGE_COND_KEYS[stage]
         positive = self.conds.get(positive_key)
         if positive is None:  # a sampler probed a time outside the sigma range it was given
-            raise DLAInputError(f"The sampler evaluated t={t:.4f} ({STAGE_LABELS[stage]}), outside its own sigma range.")
+            raise DLAInputError(
+                f"The sampler evaluated t={t:.4f} ({STAGE_LABELS[stage]}), outside its own sigma range."
+            )
         return comfy.samplers.sampling_function(
-            self.inner_model, x, timestep, self.conds.get(negative_key), positive, self.cfg, model_options=model_options, seed=seed
+            self.inner_model,
+            x,
+            timestep,
+            self.conds.get(negative_key),
+            positive,
+            self.cfg,
+            model_options=model_options,
+            seed=seed,
         )

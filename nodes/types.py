@@ -3,6 +3,7 @@
 ComfyUI passes node outputs by reference and caches them, so every payload here is treated
 as immutable by the nodes that receive it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

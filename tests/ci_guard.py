@@ -13,6 +13,7 @@
 Loaded as the top-level module ``ci_guard`` (tests/ is on ``sys.path`` through tests/conftest.py);
 tests/integration/server.py also imports it when it runs as a script.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # one line "<tarball> <origin repository>@<commit>".
 SOURCE_MARKER = ".dla-ci-source"
 REPORTED_DISTRIBUTIONS = (
-    "torch", "torchvision", "torchaudio", "transformers", "diffusers", "peft", "accelerate", "huggingface-hub",
-    "tokenizers", "comfyui-frontend-package",
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "transformers",
+    "diffusers",
+    "peft",
+    "accelerate",
+    "huggingface-hub",
+    "tokenizers",
+    "comfyui-frontend-package",
 )
 
 
@@ -44,8 +53,11 @@ def in_ci() -> bool:
 def skip_or_fail(reason: str) -> NoReturn:
     """Skip the test with ``reason``; under ``CI=true`` fail it with the same reason instead."""
     if in_ci():
-        pytest.fail(f"{reason}\n(CI is set: a missing test prerequisite fails the run instead of skipping it; "
-                    "unset CI to let these tests skip on a machine without it)", pytrace=False)
+        pytest.fail(
+            f"{reason}\n(CI is set: a missing test prerequisite fails the run instead of skipping it; "
+            "unset CI to let these tests skip on a machine without it)",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 
@@ -75,8 +87,10 @@ def find_comfyui() -> tuple[Path | None, str]:
     if is_comfyui(default):
         return default.resolve(), ""
     tried.append(str(default))
-    return None, ("no ComfyUI found; tried " + ", ".join(tried) + ". Set COMFYUI_PATH to a ComfyUI checkout "
-                  "(git clone --branch v0.3.64 https://github.com/comfyanonymous/ComfyUI), or run .ci/run.")
+    return None, (
+        "no ComfyUI found; tried " + ", ".join(tried) + ". Set COMFYUI_PATH to a ComfyUI checkout "
+        "(git clone --branch v0.3.64 https://github.com/comfyanonymous/ComfyUI), or run .ci/run."
+    )
 
 
 def comfyui_version(path: Path) -> str:
@@ -94,8 +108,9 @@ def comfyui_commit(path: Path) -> str:
     path = Path(path)
     if (path / ".git").exists():
         try:
-            done = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-                                  capture_output=True, text=True, timeout=10)
+            done = subprocess.run(
+                ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            )
             if done.returncode == 0 and done.stdout.strip():
                 return done.stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
@@ -121,8 +136,9 @@ def versions_line() -> str:
         comfy = "ComfyUI: none found"
     else:
         comfy = f"ComfyUI {comfyui_version(path)} ({comfyui_commit(path)}) at {path}"
-    libraries = [f"{name} {version}" for name in REPORTED_DISTRIBUTIONS
-                 if (version := distribution_version(name)) is not None]
+    libraries = [
+        f"{name} {version}" for name in REPORTED_DISTRIBUTIONS if (version := distribution_version(name)) is not None
+    ]
     ci = "true" if in_ci() else "unset"
     return f"{comfy}; python {platform.python_version()}; " + ", ".join(libraries) + f"; CI={ci}"
 

@@ -6,6 +6,7 @@ Fixtures other test files may use (stable names):
 ``make_reference``: ``make_reference(width=60, height=44, seed=0)`` -> a random RGB PIL image.
 Do not mutate the session-scoped folders; copy them (``shutil.copytree``) to break them.
 """
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """DLA checkpoints: bit-exact safetensors round trip, header-only config, refusals with clear messages."""
+
 import json
 
 import pytest
@@ -127,7 +128,9 @@ def test_pickle_files_are_refused_without_being_opened(tmp_path):
 
 
 def test_missing_file_is_refused_with_where_to_put_it(tmp_path):
-    with pytest.raises(DLACheckpointError, match=r"does not exist. Put the .safetensors file under ComfyUI/models/dla/"):
+    with pytest.raises(
+        DLACheckpointError, match=r"does not exist. Put the .safetensors file under ComfyUI/models/dla/"
+    ):
         load_dla(tmp_path / "absent.safetensors")
 
 
@@ -154,8 +157,8 @@ def test_safetensors_without_dla_metadata_is_refused(tmp_path):
 
 
 def _rewrite(path, tensors=None, metadata_update=None):
-    from safetensors.torch import load_file
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata())
@@ -211,7 +214,10 @@ def test_wrong_tensor_shape_is_refused(tmp_path):
 
 def test_loaded_checkpoint_refuses_a_different_mllm(tmp_path):
     loaded = load_dla(save_dla(tiny_dla(), tmp_path / "dla.safetensors"))
-    with pytest.raises(DLACheckpointError, match=r"expects 4 layers of width 32 \(internvl\); the connected MLLM gives 29 of width 3584 \(qwen2_5_vl\)"):
+    with pytest.raises(
+        DLACheckpointError,
+        match=r"expects 4 layers of width 32 \(internvl\); the connected MLLM gives 29 of width 3584 \(qwen2_5_vl\)",
+    ):
         loaded.check_compatible(MLLMSpec("qwen2_5_vl", 29, 3584))
 
 

@@ -1,4 +1,5 @@
 """Command line: ``python -m dla_core init-dla`` / ``inspect``, clean errors, lazy subcommands."""
+
 import json
 import subprocess
 import sys
@@ -24,7 +25,9 @@ def mllm_folder(tmp_path):
 
 
 def test_help_lists_every_registered_command():
-    result = subprocess.run([sys.executable, "-m", "dla_core", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dla_core", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     for name, _, _ in COMMANDS:
         assert name in result.stdout
@@ -58,15 +61,45 @@ def test_init_dla_with_the_same_seed_is_reproducible(mllm_folder, tmp_path):
 
 def test_init_dla_identity_for_qwen_image_records_its_settings(mllm_folder, tmp_path):
     out = tmp_path / "dla.safetensors"
-    main(["init-dla", "--mllm", str(mllm_folder), "--target", "qwen_image", "--init", "identity", "--identity-layer", "2", "--out", str(out)])
+    main(
+        [
+            "init-dla",
+            "--mllm",
+            str(mllm_folder),
+            "--target",
+            "qwen_image",
+            "--init",
+            "identity",
+            "--identity-layer",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     config = read_dla_config(out)
     assert (config.init, config.identity_layer, config.lap_width, config.pooled_width) == ("identity", 2, 32, 0)
 
 
 def test_init_dla_fuse_sequence_is_recorded(mllm_folder, tmp_path):
     out = tmp_path / "dla.safetensors"
-    assert main(["init-dla", "--mllm", str(mllm_folder), "--target", "qwen_image", "--init", "identity", "--fuse", "sequence",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "init-dla",
+                "--mllm",
+                str(mllm_folder),
+                "--target",
+                "qwen_image",
+                "--init",
+                "identity",
+                "--fuse",
+                "sequence",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert read_dla_config(out).fuse == "sequence"
 
 
@@ -83,7 +116,19 @@ def test_inspect_prints_config_tensor_count_and_parameters(mllm_folder, tmp_path
 
 
 def test_bad_identity_layer_exits_2_with_one_clean_line(mllm_folder, tmp_path, capsys):
-    code = main(["init-dla", "--mllm", str(mllm_folder), "--init", "identity", "--identity-layer", "9", "--out", str(tmp_path / "x.safetensors")])
+    code = main(
+        [
+            "init-dla",
+            "--mllm",
+            str(mllm_folder),
+            "--init",
+            "identity",
+            "--identity-layer",
+            "9",
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: identity_layer 9 is out of range") and err.count("\n") == 1
@@ -98,7 +143,9 @@ def test_missing_mllm_folder_exits_2(tmp_path, capsys):
 def test_inspecting_a_pickle_file_exits_2_without_a_traceback(tmp_path):
     path = tmp_path / "dla.ckpt"
     path.write_bytes(b"\x80\x04K\x01.")
-    result = subprocess.run([sys.executable, "-m", "dla_core", "inspect", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "dla_core", "inspect", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (
@@ -114,13 +161,17 @@ def test_unknown_target_is_rejected_by_the_parser(mllm_folder, tmp_path, capsys)
     assert "invalid choice: 'sdxl'" in capsys.readouterr().err
 
 
-def test_init_dla_on_a_tiny_internvl_folder_aggregates_its_real_features(tiny_internvl_dir, tiny_internvl, make_reference, tmp_path):
+def test_init_dla_on_a_tiny_internvl_folder_aggregates_its_real_features(
+    tiny_internvl_dir, tiny_internvl, make_reference, tmp_path
+):
     from dla_core.mllm import encode_joint
 
     out = tmp_path / "dla.safetensors"
     assert main(["init-dla", "--mllm", str(tiny_internvl_dir), "--init", "identity", "--out", str(out)]) == 0
     dla = load_dla(out)
-    features = encode_joint(tiny_internvl, ["a red cat on a sofa", "the dog"], [make_reference(), make_reference(seed=1)])
+    features = encode_joint(
+        tiny_internvl, ["a red cat on a sofa", "the dog"], [make_reference(), make_reference(seed=1)]
+    )
     with torch.no_grad():
         conditioning = dla(features)
     width = features.width

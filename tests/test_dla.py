@@ -1,4 +1,5 @@
 """Dual Layer Aggregation: fusion order, padding, separate text/image LAPs, identity init, null, compatibility."""
+
 import pytest
 import torch
 
@@ -14,7 +15,9 @@ LAYERS, WIDTH = 4, 32
 LAYOUT = ["ctiiiittc", "ciicttcpp"]
 
 
-def make_features(layout=LAYOUT, seed=0, layers=LAYERS, width=WIDTH, family="internvl", layer_indices=None, num_layers=None):
+def make_features(
+    layout=LAYOUT, seed=0, layers=LAYERS, width=WIDTH, family="internvl", layer_indices=None, num_layers=None
+):
     generator = torch.Generator().manual_seed(seed)
     tokens = len(layout[0])
     hidden = torch.randn(len(layout), layers, tokens, width, generator=generator)  # [batch, layers, tokens, width]
@@ -35,8 +38,16 @@ def make_features(layout=LAYOUT, seed=0, layers=LAYERS, width=WIDTH, family="int
 
 
 def make_config(**overrides):
-    fields = dict(mllm_family="internvl", num_layers=LAYERS, mllm_width=WIDTH, lap_width=16, lap_heads=4, lap_mlp_hidden=32,
-                  context_width=40, pooled_width=12)
+    fields = dict(
+        mllm_family="internvl",
+        num_layers=LAYERS,
+        mllm_width=WIDTH,
+        lap_width=16,
+        lap_heads=4,
+        lap_mlp_hidden=32,
+        context_width=40,
+        pooled_width=12,
+    )
     fields.update(overrides)
     return DLAConfig(**fields)
 
@@ -77,8 +88,8 @@ def test_image_first_fusion_puts_image_tokens_first():
         text_first = make_dla(seed=3)(features)
         image_first = make_dla(seed=3, fuse="concat_image_first")(features)
     n_text, n_image = len(positions(LAYOUT[0], "t")), len(positions(LAYOUT[0], "i"))
-    assert torch.equal(image_first.tokens[0, :n_image], text_first.tokens[0, n_text:n_text + n_image])
-    assert torch.equal(image_first.tokens[0, n_image:n_image + n_text], text_first.tokens[0, :n_text])
+    assert torch.equal(image_first.tokens[0, :n_image], text_first.tokens[0, n_text : n_text + n_image])
+    assert torch.equal(image_first.tokens[0, n_image : n_image + n_text], text_first.tokens[0, :n_text])
 
 
 def test_sequence_fusion_keeps_the_mllm_token_order():
@@ -92,7 +103,7 @@ def test_sequence_fusion_keeps_the_mllm_token_order():
             for index, kind in enumerate(row):
                 if kind in "ti":
                     lap = dla.lap_text if kind == "t" else dla.lap_image
-                    expected.append(dla.output_proj(lap(per_token[sample, index:index + 1]))[0])
+                    expected.append(dla.output_proj(lap(per_token[sample, index : index + 1]))[0])
             expected = torch.stack(expected)  # [valid tokens, context_width]
             assert torch.allclose(out.tokens[sample, : len(expected)], expected, atol=1e-6)
     assert out.token_mask.tolist() == [[True] * 7, [True] * 4 + [False] * 3]
@@ -113,15 +124,22 @@ def test_sequence_fusion_is_a_permutation_of_text_first_fusion():
 
 @pytest.mark.parametrize("layer", [-1, 1])
 def test_sequence_fusion_with_identity_init_returns_the_selected_layer_at_the_valid_positions_in_order(layer):
-    dla = make_dla(init="identity", identity_layer=layer, lap_width=WIDTH, lap_input_norm=False, context_width=WIDTH,
-                   pooled_width=0, fuse="sequence")
+    dla = make_dla(
+        init="identity",
+        identity_layer=layer,
+        lap_width=WIDTH,
+        lap_input_norm=False,
+        context_width=WIDTH,
+        pooled_width=0,
+        fuse="sequence",
+    )
     features = make_features()
     with torch.no_grad():
         out = dla(features)
     for sample, row in enumerate(LAYOUT):
         valid = [index for index, kind in enumerate(row) if kind in "ti"]
         assert torch.equal(out.tokens[sample, : len(valid)], features.hidden_states[sample, layer, valid])
-        assert torch.equal(out.tokens[sample, len(valid):], torch.zeros(out.tokens.shape[1] - len(valid), WIDTH))
+        assert torch.equal(out.tokens[sample, len(valid) :], torch.zeros(out.tokens.shape[1] - len(valid), WIDTH))
     assert out.pooled is None
 
 
@@ -145,7 +163,7 @@ def test_sequence_fusion_batched_equals_samples_run_alone():
         batched = dla(features)
         for sample, row in enumerate(LAYOUT):
             alone_features = make_features([row])
-            alone_features.hidden_states = features.hidden_states[sample:sample + 1]
+            alone_features.hidden_states = features.hidden_states[sample : sample + 1]
             alone = dla(alone_features)
             valid = int(batched.token_mask[sample].sum())
             assert torch.allclose(batched.tokens[sample, :valid], alone.tokens[0], atol=1e-6)
@@ -171,7 +189,7 @@ def test_batched_samples_equal_samples_run_alone():
         batched = dla(features)
         for sample, row in enumerate(LAYOUT):
             alone_features = make_features([row])
-            alone_features.hidden_states = features.hidden_states[sample:sample + 1]
+            alone_features.hidden_states = features.hidden_states[sample : sample + 1]
             alone = dla(alone_features)
             valid = int(batched.token_mask[sample].sum())
             assert torch.allclose(batched.tokens[sample, :valid], alone.tokens[0], atol=1e-6)
@@ -190,7 +208,9 @@ def test_image_lap_changes_only_image_token_outputs():
     n_all = [n + len(positions(row, "i")) for n, row in zip(n_text, LAYOUT)]
     for sample in range(2):
         assert torch.equal(before[sample, : n_text[sample]], after[sample, : n_text[sample]])
-        assert not torch.allclose(before[sample, n_text[sample]:n_all[sample]], after[sample, n_text[sample]:n_all[sample]])
+        assert not torch.allclose(
+            before[sample, n_text[sample] : n_all[sample]], after[sample, n_text[sample] : n_all[sample]]
+        )
 
 
 def test_text_lap_changes_only_text_token_outputs():
@@ -252,7 +272,9 @@ def test_identity_init_needs_lap_width_equal_to_mllm_width():
 
 
 def test_bad_identity_layer_is_refused():
-    with pytest.raises(DLAInputError, match=r"identity_layer 4 is out of range: the DLA reads 4 layers \(use 0..3, or -1"):
+    with pytest.raises(
+        DLAInputError, match=r"identity_layer 4 is out of range: the DLA reads 4 layers \(use 0..3, or -1"
+    ):
         make_config(init="identity", identity_layer=4, lap_width=WIDTH, lap_input_norm=False)
 
 
@@ -322,14 +344,17 @@ def test_features_with_a_subset_of_layers_are_used_when_they_hold_the_dla_layers
 def test_features_missing_a_layer_the_dla_reads_are_refused():
     dla = make_dla()
     subset = make_features(layers=2, num_layers=LAYERS, layer_indices=[0, 3])
-    with pytest.raises(DLAInputError, match=r"reads MLLM layers \[0, 1, 2, 3\] but the features hold only layers \[0, 3\]"):
+    with pytest.raises(
+        DLAInputError, match=r"reads MLLM layers \[0, 1, 2, 3\] but the features hold only layers \[0, 3\]"
+    ):
         dla(subset)
 
 
 def test_mismatched_layer_count_and_width_are_refused_with_the_exact_message():
     dla = make_dla()
     expected = (
-        "DLA checkpoint expects 4 layers of width 32 (internvl); the connected MLLM gives 25 of width 1536 (qwen2_5_vl): "
+        "DLA checkpoint expects 4 layers of width 32 (internvl); the connected MLLM gives 25 of width 1536 "
+        "(qwen2_5_vl): "
         "load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
     )
     with pytest.raises(DLACheckpointError) as info:

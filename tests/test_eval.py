@@ -1,4 +1,5 @@
 """``python -m dla_core eval`` on tiny random CLIP / DINO folders built offline in the test."""
+
 from __future__ import annotations
 
 import json
@@ -15,24 +16,39 @@ from dla_core.eval import METRICS, collect_items, evaluate, format_table
 
 def _build_tiny_clip(folder: Path) -> Path:
     """CLIPModel + CLIPProcessor with a byte-level BPE vocabulary (no merges) written offline."""
+    import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     from dla_core.selftest_models import bytes_to_unicode  # the same table as CLIP's
 
-    import torch
-
     folder.mkdir(parents=True)
     chars = list(bytes_to_unicode().values())
-    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    vocab = {
+        token: i for i, token in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])
+    }
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"],
-                         eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     torch.manual_seed(0)
@@ -48,7 +64,9 @@ def _build_tiny_dino(folder: Path, kind: str = "vit") -> Path:
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(1)
-    common = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=16)
+    common = dict(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=16
+    )
     if kind == "vit":
         ViTModel(ViTConfig(**common), add_pooling_layer=False).save_pretrained(folder)
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
@@ -67,8 +85,11 @@ def _png(path: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_models")
-    return {"clip": _build_tiny_clip(root / "clip"), "dino": _build_tiny_dino(root / "dino"),
-            "dinov2": _build_tiny_dino(root / "dinov2", kind="dinov2")}
+    return {
+        "clip": _build_tiny_clip(root / "clip"),
+        "dino": _build_tiny_dino(root / "dino"),
+        "dinov2": _build_tiny_dino(root / "dinov2", kind="dinov2"),
+    }
 
 
 @pytest.fixture
@@ -80,7 +101,9 @@ def bench(tmp_path):
             _png(refs / subject / f"{k:02d}.png", seed=10 * s + k)
     _png(gens / "dog__beach__0.png", seed=100)
     _png(gens / "cat" / "sofa.png", seed=101)
-    (tmp_path / "prompts.json").write_text(json.dumps({"dog__beach__0.png": "a dog on a beach", "cat/sofa.png": "a cat on a sofa"}))
+    (tmp_path / "prompts.json").write_text(
+        json.dumps({"dog__beach__0.png": "a dog on a beach", "cat/sofa.png": "a cat on a sofa"})
+    )
     return tmp_path
 
 
@@ -111,9 +134,23 @@ def test_identical_generation_and_reference_score_one(tmp_path, models):
 
 def test_metrics_json_has_documented_fields_and_cosine_ranges(bench, models, capsys):
     out = bench / "metrics.json"
-    code = cli_main(["eval", "--generations", str(bench / "generations"), "--references", str(bench / "references"),
-                     "--prompts", str(bench / "prompts.json"), "--dino", str(models["dino"]), "--clip", str(models["clip"]),
-                     "--out", str(out)])
+    code = cli_main(
+        [
+            "eval",
+            "--generations",
+            str(bench / "generations"),
+            "--references",
+            str(bench / "references"),
+            "--prompts",
+            str(bench / "prompts.json"),
+            "--dino",
+            str(models["dino"]),
+            "--clip",
+            str(models["clip"]),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert set(result) == {"metrics", "counts", "per_subject", "per_image", "models", "conventions", "paper_dreambench"}
@@ -164,8 +201,14 @@ def test_dino_score_is_the_cosine_of_cls_tokens(bench, models, kind):
 
     def mean_cosine(pool):
         generation = pool(hidden(dog.generation))
-        return float(np.mean([float(torch.nn.functional.cosine_similarity(pool(hidden(r)), generation, dim=0))
-                              for r in dog.references]))
+        return float(
+            np.mean(
+                [
+                    float(torch.nn.functional.cosine_similarity(pool(hidden(r)), generation, dim=0))
+                    for r in dog.references
+                ]
+            )
+        )
 
     cls, mean_pooled = mean_cosine(lambda h: h[0]), mean_cosine(lambda h: h.mean(0))
     result = evaluate(bench / "generations", bench / "references", dino=models[kind])
@@ -184,8 +227,10 @@ def test_missing_model_folder_is_a_clear_error(bench, tmp_path):
 
 
 def test_table_lists_paper_and_anchor_numbers():
-    result = {"metrics": {"dino": 0.5, "clip_i": 0.6, "clip_t": None},
-              "counts": {"generations": 1, "subjects": 1, "with_prompt": 0}}
+    result = {
+        "metrics": {"dino": 0.5, "clip_i": 0.6, "clip_t": None},
+        "counts": {"generations": 1, "subjects": 1, "with_prompt": 0},
+    }
     table = format_table(result)
     for name in ("DLA (paper)", "UNO", "DreamO", "USO", "OmniGen2", "Qwen-Image", "OminiControl"):
         assert name in table

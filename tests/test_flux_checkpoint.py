@@ -1,4 +1,5 @@
 """BFL-layout FLUX files -> diffusers, at any width (diffusers' own single-file conversion fixes 3072)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ def test_conversion_equals_diffusers_single_file_at_flux_width(tmp_path):
 
     path = build_tiny_flux_comfy(tmp_path / "flux.safetensors", seed=0)
     config = write_config_folder(tmp_path / "config", flux_config_from_bfl_checkpoint(path), "FluxTransformer2DModel")
-    reference = FluxTransformer2DModel.from_single_file(str(path), config=str(config), torch_dtype=torch.bfloat16,
-                                                        local_files_only=True).state_dict()
+    reference = FluxTransformer2DModel.from_single_file(
+        str(path), config=str(config), torch_dtype=torch.bfloat16, local_files_only=True
+    ).state_dict()
     ours = load_flux_transformer(path, dtype=torch.bfloat16).state_dict()
     assert ours.keys() == reference.keys()
     for key, value in reference.items():

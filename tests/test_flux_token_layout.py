@@ -4,6 +4,7 @@ The trainer's loss (``DLAFluxTrainModule.forward``) and the sampler's ``flux_for
 same tiny diffusers FLUX with the same inputs; a forward pre-hook records what the transformer
 receives in each case, and the two calls must match exactly (and match ComfyUI's layout rules).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -45,8 +46,10 @@ def _inputs(batch=2, seed=0):
         "text_mask": text.expand(batch, -1).clone(),
         "attention_mask": torch.ones(batch, TOKENS, dtype=torch.bool),
         "target": torch.randn(batch, 16, 6, 4, generator=generator),  # 6x4 latent pixels -> 3x2 patches
-        "references": [[torch.randn(16, 4, 6, generator=generator), torch.randn(16, 2, 2, generator=generator)]
-                       for _ in range(batch)],
+        "references": [
+            [torch.randn(16, 4, 6, generator=generator), torch.randn(16, 2, 2, generator=generator)]
+            for _ in range(batch)
+        ],
         "prompts": ["a"] * batch,
     }
     noise = torch.randn(batch_dict["target"].shape, generator=generator)
@@ -79,8 +82,15 @@ def test_training_and_inference_send_the_same_tokens_and_ids(transformer, method
         handle.remove()
     training, inference = calls
     assert training.keys() == inference.keys()
-    for key in ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids",
-                "guidance"):
+    for key in (
+        "hidden_states",
+        "encoder_hidden_states",
+        "pooled_projections",
+        "timestep",
+        "img_ids",
+        "txt_ids",
+        "guidance",
+    ):
         assert torch.equal(training[key], inference[key]), key
     assert training.get("joint_attention_kwargs") is None  # every text token is valid: nothing to mask
 
@@ -90,8 +100,9 @@ def test_training_and_inference_send_the_same_tokens_and_ids(transformer, method
     assert training["hidden_states"].shape[1] == patches + 2 * 3 + 1 * 1 == ids.shape[0]
     assert torch.equal(ids[:patches], image_position_ids(6, 4))
     placements = reference_placements((6, 4), [(4, 6), (2, 2)], method)
-    expected_refs = torch.cat([image_position_ids(h, w, p.index, p.h_offset, p.w_offset)
-                               for (h, w), p in zip([(4, 6), (2, 2)], placements)])
+    expected_refs = torch.cat(
+        [image_position_ids(h, w, p.index, p.h_offset, p.w_offset) for (h, w), p in zip([(4, 6), (2, 2)], placements)]
+    )
     assert torch.equal(ids[patches:], expected_refs)
     assert torch.equal(training["txt_ids"], torch.zeros(cond.tokens.shape[1], 3))
 

@@ -1,4 +1,5 @@
 """``python -m dla_core generate``: the embedded self-test end to end, and clean errors on bad input."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,25 @@ def generate(*args):
 
 def test_embedded_default_writes_a_png_and_says_weights_are_random(images, cache_dir, tmp_path, capsys):
     out = tmp_path / "out.png"
-    code = generate("--reference", images["rgb"], "--reference", images["rgb2"], "--prompt", "the robot in a forest",
-                    "--out", out, "--steps", 3, "--width", 48, "--height", 32, "--cache-dir", cache_dir, "--no-progress")
+    code = generate(
+        "--reference",
+        images["rgb"],
+        "--reference",
+        images["rgb2"],
+        "--prompt",
+        "the robot in a forest",
+        "--out",
+        out,
+        "--steps",
+        3,
+        "--width",
+        48,
+        "--height",
+        32,
+        "--cache-dir",
+        cache_dir,
+        "--no-progress",
+    )
     assert code == 0
     with Image.open(out) as image:
         assert image.size == (48, 32) and image.mode == "RGB"
@@ -63,8 +81,25 @@ def test_embedded_cache_is_keyed_by_the_transformers_major_version(cache_dir):
 
 
 def test_two_images_get_numbered_files(images, cache_dir, tmp_path):
-    code = generate("--reference", images["rgb"], "--prompt", "the robot", "--out", tmp_path / "out.png",
-                    "--steps", 1, "--width", 32, "--height", 32, "--num-images", 2, "--cache-dir", cache_dir, "--no-progress")
+    code = generate(
+        "--reference",
+        images["rgb"],
+        "--prompt",
+        "the robot",
+        "--out",
+        tmp_path / "out.png",
+        "--steps",
+        1,
+        "--width",
+        32,
+        "--height",
+        32,
+        "--num-images",
+        2,
+        "--cache-dir",
+        cache_dir,
+        "--no-progress",
+    )
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out_0.png", "out_1.png"]
 
@@ -79,7 +114,10 @@ def test_two_images_get_numbered_files(images, cache_dir, tmp_path):
         ({"--tau1": 0.5, "--tau2": 0.9}, "tau2 no larger than tau1"),
         ({"--steps": 0}, "steps must be at least 1"),
         ({"--width": 50}, "multiple of 16"),
-        ({"--flux": "nowhere", "--vae": "nowhere", "--mllm": "nowhere", "--dla": "nowhere"}, "--flux 'nowhere' does not exist"),
+        (
+            {"--flux": "nowhere", "--vae": "nowhere", "--mllm": "nowhere", "--dla": "nowhere"},
+            "--flux 'nowhere' does not exist",
+        ),
         ({"--flux": "nowhere"}, "missing --vae, --mllm, --dla"),
         ({"--out": "out.gif"}, "must end in one of"),
     ],
@@ -104,8 +142,22 @@ def test_bad_input_is_one_error_line_exit_2_before_any_model_is_built(images, tm
 
 def test_command_line_exit_code_is_2_on_bad_input(images, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dla_core", "generate", "--reference", str(tmp_path / "none.png"), "--prompt", "x", "--out", str(tmp_path / "o.png")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dla_core",
+            "generate",
+            "--reference",
+            str(tmp_path / "none.png"),
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "o.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: Reference image not found")

@@ -7,6 +7,7 @@ Cycles count every import between pack modules, function-local ones included: a 
 import hides from the interpreter is still two modules that each need the other (only heavy optional
 libraries -- transformers, diffusers, peft, accelerate -- and the CLI dispatchers' commands load lazily).
 """
+
 from __future__ import annotations
 
 import ast
@@ -46,8 +47,12 @@ def _imports(module: str, path: Path, known: set[str], top_level_only: bool):
             node = stack.pop()
             nodes.append(node)
             if isinstance(node, (ast.If, ast.Try)):
-                stack += [*node.body, *node.orelse, *getattr(node, "finalbody", []),
-                          *[n for h in getattr(node, "handlers", []) for n in h.body]]
+                stack += [
+                    *node.body,
+                    *node.orelse,
+                    *getattr(node, "finalbody", []),
+                    *[n for h in getattr(node, "handlers", []) for n in h.body],
+                ]
     is_package = path.name == "__init__.py"
     for node in nodes:
         if isinstance(node, ast.Import):  # absolute: ComfyUI owns the top-level ``nodes``; ours is relative
@@ -79,15 +84,17 @@ def private_imports(root: Path = ROOT, packages=(*PACKAGES, "bench")) -> list[st
 
 def import_cycles(root: Path = ROOT, packages=PACKAGES) -> list[list[str]]:
     files = _pack_files(root, packages)
-    graph = {m: sorted({t for t, _, _ in _imports(m, p, set(files), top_level_only=False) if t != m})
-             for m, p in files.items()}
+    graph = {
+        m: sorted({t for t, _, _ in _imports(m, p, set(files), top_level_only=False) if t != m})
+        for m, p in files.items()
+    }
     cycles, state = [], {}
 
     def visit(module: str, trail: list[str]) -> None:
         state[module] = "open"
         for target in graph[module]:
             if state.get(target) == "open":
-                cycles.append(trail[trail.index(target):] + [target])
+                cycles.append(trail[trail.index(target) :] + [target])
             elif target not in state:
                 visit(target, [*trail, target])
         state[module] = "done"
@@ -127,5 +134,7 @@ def test_the_scans_catch_a_private_import_and_a_cycle(tmp_path):
         "nodes/__init__.py:1 imports dla_core.sub.c._secret",
     ]
     # a <-> b at module level; a -> b -> c -> a through function-local imports
-    assert import_cycles(tmp_path) == [["dla_core.a", "dla_core.b", "dla_core.a"],
-                                       ["dla_core.a", "dla_core.b", "dla_core.sub.c", "dla_core.a"]]
+    assert import_cycles(tmp_path) == [
+        ["dla_core.a", "dla_core.b", "dla_core.a"],
+        ["dla_core.a", "dla_core.b", "dla_core.sub.c", "dla_core.a"],
+    ]

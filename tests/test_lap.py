@@ -1,4 +1,5 @@
 """Layerwise Attention Pooling: attends across layers only, never across tokens."""
+
 import pytest
 import torch
 
@@ -10,7 +11,9 @@ LAYERS, WIDTH = 5, 24
 
 def make_lap(pool="flatten", lap_width=16, out_width=20, input_norm=True, seed=0):
     torch.manual_seed(seed)
-    return LayerwiseAttentionPooling(LAYERS, WIDTH, lap_width, out_width, heads=4, blocks=2, mlp_hidden=32, pool=pool, input_norm=input_norm)
+    return LayerwiseAttentionPooling(
+        LAYERS, WIDTH, lap_width, out_width, heads=4, blocks=2, mlp_hidden=32, pool=pool, input_norm=input_norm
+    )
 
 
 @pytest.mark.parametrize("pool", ["flatten", "weighted"])

@@ -1,4 +1,5 @@
 """Bad MLLM folders and bad encode inputs raise DLAInputError with a message that says how to fix it."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,10 @@ def test_pickled_weights_only_are_refused(broken_copy):
 
 def test_missing_shard_of_an_index_is_named(broken_copy):
     (broken_copy / "model.safetensors").rename(broken_copy / "model-00001-of-00002.safetensors")
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (broken_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(DLAInputError, match=r"model-00002-of-00002\.safetensors.*missing"):
         load_mllm(broken_copy)
@@ -146,11 +150,16 @@ def test_reference_lists_must_match_the_prompt_count(tiny_qwen25vl, make_referen
         encode_joint(tiny_qwen25vl, [PROMPT, PROMPT], [[make_reference()]] * 3)
 
 
-@pytest.mark.parametrize("layers, message", [([29], r"Layer index 29 is out of range.*0 = embeddings"),
-                                             ([-5], r"Layer index -5 is out of range"),
-                                             ([1, 1], r"names a layer twice"),
-                                             ([], r"Empty layer selection"),
-                                             (["last"], r"not an integer")])
+@pytest.mark.parametrize(
+    "layers, message",
+    [
+        ([29], r"Layer index 29 is out of range.*0 = embeddings"),
+        ([-5], r"Layer index -5 is out of range"),
+        ([1, 1], r"names a layer twice"),
+        ([], r"Empty layer selection"),
+        (["last"], r"not an integer"),
+    ],
+)
 def test_bad_layer_selection_is_explained(tiny_qwen25vl, make_reference, layers, message):
     with pytest.raises(DLAInputError, match=message):
         encode_joint(tiny_qwen25vl, PROMPT, [make_reference()], layers=layers)

@@ -1,4 +1,5 @@
 """Joint MLLM encoding: layer convention, masks, batching, layer subsets, dtype."""
+
 from __future__ import annotations
 
 import pytest
@@ -96,13 +97,17 @@ def test_layer0_is_token_embeddings_with_image_features_merged(mllm, make_refere
     with torch.no_grad():
         embeddings = backbone.get_input_embeddings()(inputs["input_ids"])  # [1, tokens, width]
         if mllm.family == "internvl":
-            image_features = _image_features(backbone.get_image_features(
-                pixel_values=inputs["pixel_values"],
-                vision_feature_layer=mllm.model.config.vision_feature_layer,
-                vision_feature_select_strategy=mllm.model.config.vision_feature_select_strategy,
-            ))
+            image_features = _image_features(
+                backbone.get_image_features(
+                    pixel_values=inputs["pixel_values"],
+                    vision_feature_layer=mllm.model.config.vision_feature_layer,
+                    vision_feature_select_strategy=mllm.model.config.vision_feature_select_strategy,
+                )
+            )
         else:
-            image_features = _image_features(backbone.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]))
+            image_features = _image_features(
+                backbone.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            )
     image_positions = features.image_mask[0]
     expected = embeddings[0].clone()
     expected[image_positions] = image_features.reshape(-1, expected.shape[-1])

@@ -1,4 +1,5 @@
 """Reference image validation and conversion (ComfyUI IMAGE tensors and PIL images)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,22 +32,25 @@ def test_palette_image_without_transparency_is_converted_to_rgb():
     assert converted.mode == "RGB" and converted.getpixel((0, 0)) == (200, 30, 40)
 
 
-@pytest.mark.parametrize("images, message", [
-    (torch.zeros(0, 16, 16, 3), r"empty image batch"),
-    (torch.zeros(1, 16, 16, 1), r"grayscale \(1 channel\).*RGB"),
-    (torch.zeros(1, 16, 16, 4), r"alpha channel \(RGBA\).*background"),
-    (torch.zeros(1, 3, 16, 16), r"channels first"),
-    (torch.zeros(16, 16), r"expected an IMAGE tensor \[batch, height, width, channels\]"),
-    (torch.zeros(1, 4, 16, 3), r"4 px per side|16x4 px.*at least 8 px"),
-    (torch.full((1, 16, 16, 3), float("nan")), r"NaN or infinite"),
-    (torch.full((1, 16, 16, 3), 255.0), r"values in \[255, 255\].*divided by 255"),
-    (Image.new("L", (16, 16)), r"grayscale \(PIL mode L\)"),
-    (Image.new("RGBA", (16, 16)), r"alpha channel \(PIL mode RGBA\)"),
-    (Image.new("LA", (16, 16)), r"alpha channel \(PIL mode LA\)"),
-    ("cat.png", r"is a str; expected an IMAGE tensor or a PIL image"),
-    (None, r"No reference image given"),
-    ([], r"empty list"),
-])
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.zeros(0, 16, 16, 3), r"empty image batch"),
+        (torch.zeros(1, 16, 16, 1), r"grayscale \(1 channel\).*RGB"),
+        (torch.zeros(1, 16, 16, 4), r"alpha channel \(RGBA\).*background"),
+        (torch.zeros(1, 3, 16, 16), r"channels first"),
+        (torch.zeros(16, 16), r"expected an IMAGE tensor \[batch, height, width, channels\]"),
+        (torch.zeros(1, 4, 16, 3), r"4 px per side|16x4 px.*at least 8 px"),
+        (torch.full((1, 16, 16, 3), float("nan")), r"NaN or infinite"),
+        (torch.full((1, 16, 16, 3), 255.0), r"values in \[255, 255\].*divided by 255"),
+        (Image.new("L", (16, 16)), r"grayscale \(PIL mode L\)"),
+        (Image.new("RGBA", (16, 16)), r"alpha channel \(PIL mode RGBA\)"),
+        (Image.new("LA", (16, 16)), r"alpha channel \(PIL mode LA\)"),
+        ("cat.png", r"is a str; expected an IMAGE tensor or a PIL image"),
+        (None, r"No reference image given"),
+        ([], r"empty list"),
+    ],
+)
 def test_bad_reference_images_explain_the_fix(images, message):
     with pytest.raises(DLAInputError, match=message):
         to_pil_list(images)

@@ -7,6 +7,7 @@ video processor as ``video_preprocessor_config.json``); transformers 5 saves bot
 The tiny builders write whichever layout the installed transformers writes; each test derives
 the other one from it, so both layouts are checked on every transformers version.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,7 +88,9 @@ def test_layout_helpers_write_what_each_version_writes(family_dir, tmp_path):
     assert "image_processor_type" in _read(old / "preprocessor_config.json")
     assert not (new / "preprocessor_config.json").exists() and not (new / "video_preprocessor_config.json").exists()
     combined = _read(new / "processor_config.json")
-    assert "image_processor_type" in combined["image_processor"] and "processor_class" not in combined["image_processor"]
+    assert (
+        "image_processor_type" in combined["image_processor"] and "processor_class" not in combined["image_processor"]
+    )
     assert combined["processor_class"].endswith("Processor") and "video_processor" in combined
     # the two layouts hold the same settings
     image_old = {k: v for k, v in _read(old / "preprocessor_config.json").items() if k != "processor_class"}
@@ -108,11 +111,15 @@ def test_both_layouts_load_and_encode_identically(family_dir, tmp_path, make_ref
     for key in ("size", "image_mean", "image_std", "patch_size", "merge_size", "max_patches"):
         assert config4.get(key) == config5.get(key), key
     assert torch.equal(features4.hidden_states, features5.hidden_states)
-    assert torch.equal(features4.image_mask, features5.image_mask) and torch.equal(features4.text_mask, features5.text_mask)
+    assert torch.equal(features4.image_mask, features5.image_mask) and torch.equal(
+        features4.text_mask, features5.text_mask
+    )
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_folder_with_neither_layout_names_the_missing_image_processor(family_dir, tmp_path, layout):
     folder = remove_image_processor(_copy(family_dir, tmp_path / "broken", layout))
-    with pytest.raises(DLAInputError, match=r"no image processor \(preprocessor_config\.json\).*\"image_processor\" entry"):
+    with pytest.raises(
+        DLAInputError, match=r"no image processor \(preprocessor_config\.json\).*\"image_processor\" entry"
+    ):
         load_mllm(folder)

@@ -1,6 +1,8 @@
 """DLASubjectPipeline and the staged FLUX loop on tiny random models (CPU, 32x32, few steps)."""
+
 import pytest
 import torch
+from dla_flux_oracle import flux_shifted_sigmas
 from PIL import Image
 
 from dla_core.errors import DLAInputError
@@ -8,7 +10,6 @@ from dla_core.flux.sampling import StagedConditioning, flux_sigmas, staged_euler
 from dla_core.generate import build_embedded_models
 from dla_core.pipeline import DLASubjectPipeline
 from dla_core.schedule import stages_for_sigmas
-from dla_flux_oracle import flux_shifted_sigmas
 
 SIZE = 32
 STEPS = 4
@@ -34,7 +35,9 @@ def reference():
 
 
 def run(pipe, reference, **kwargs):
-    settings = dict(height=SIZE, width=SIZE, num_inference_steps=STEPS, tau1=0.9, tau2=0.6, output_type="latent", progress=False)
+    settings = dict(
+        height=SIZE, width=SIZE, num_inference_steps=STEPS, tau1=0.9, tau2=0.6, output_type="latent", progress=False
+    )
     settings.update(kwargs)
     return pipe(PROMPT, reference, **settings)
 
@@ -129,13 +132,29 @@ def test_offload_free_drops_the_mllm_and_a_second_call_says_so(model_paths, refe
     ],
 )
 def test_bad_inputs_raise_clear_errors_before_any_model_runs(reference, change, message):
-    args = dict(prompt=PROMPT, reference=reference, height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=2.5, tau1=0.95, tau2=0.85)
+    args = dict(
+        prompt=PROMPT,
+        reference=reference,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=2.5,
+        tau1=0.95,
+        tau2=0.85,
+    )
     args.update(change)
     with pytest.raises(DLAInputError, match=message):
         DLASubjectPipeline.check_inputs(
-            args["prompt"], args["reference"], args["height"], args["width"], args["num_inference_steps"],
-            args["guidance_scale"], args["tau1"], args["tau2"],
-            true_cfg_scale=args.get("true_cfg_scale", 1.0), reference_method=args.get("reference_method", "offset"),
+            args["prompt"],
+            args["reference"],
+            args["height"],
+            args["width"],
+            args["num_inference_steps"],
+            args["guidance_scale"],
+            args["tau1"],
+            args["tau2"],
+            true_cfg_scale=args.get("true_cfg_scale", 1.0),
+            reference_method=args.get("reference_method", "offset"),
         )
 
 
@@ -144,16 +163,24 @@ def test_bad_inputs_raise_clear_errors_before_any_model_runs(reference, change, 
 
 def test_flux_sigmas_are_the_shifted_flux_schedule():
     torch.testing.assert_close(flux_sigmas(1024, 1024, 28), torch.tensor(flux_shifted_sigmas(1024, 1024, 28)))
-    assert stages_for_sigmas(flux_sigmas(1024, 1024, 28), 0.95, 0.85).count(1) == 4  # the paper (arXiv 2605.26111): 4 / 7 / 17
+    assert (
+        stages_for_sigmas(flux_sigmas(1024, 1024, 28), 0.95, 0.85).count(1) == 4
+    )  # the paper (arXiv 2605.26111): 4 / 7 / 17
 
 
 def test_all_stage_one_schedule_ignores_reference_latents(pipe):
     sigmas = flux_sigmas(SIZE, SIZE, STEPS)
     refs_a = [torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(1))]
     refs_b = [torch.randn(1, 16, 6, 2, generator=torch.Generator().manual_seed(2))]
-    out_a, stages = staged_euler_sample(pipe.transformer, noise(), sigmas, random_conditioning(0, refs_a), 0.0, 0.0, progress=False)
-    out_b, _ = staged_euler_sample(pipe.transformer, noise(), sigmas, random_conditioning(0, refs_b), 0.0, 0.0, progress=False)
-    out_none, _ = staged_euler_sample(pipe.transformer, noise(), sigmas, random_conditioning(0, []), 0.0, 0.0, progress=False)
+    out_a, stages = staged_euler_sample(
+        pipe.transformer, noise(), sigmas, random_conditioning(0, refs_a), 0.0, 0.0, progress=False
+    )
+    out_b, _ = staged_euler_sample(
+        pipe.transformer, noise(), sigmas, random_conditioning(0, refs_b), 0.0, 0.0, progress=False
+    )
+    out_none, _ = staged_euler_sample(
+        pipe.transformer, noise(), sigmas, random_conditioning(0, []), 0.0, 0.0, progress=False
+    )
     assert stages == [1] * STEPS
     assert torch.equal(out_a, out_b) and torch.equal(out_a, out_none)
 
@@ -162,8 +189,12 @@ def test_stage_two_reads_reference_latents(pipe):
     sigmas = LOW_SIGMAS
     refs_a = [torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(1))]
     refs_b = [torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(2))]
-    out_a, stages = staged_euler_sample(pipe.transformer, noise(), sigmas, random_conditioning(0, refs_a), 1.0, 0.0, progress=False)
-    out_b, _ = staged_euler_sample(pipe.transformer, noise(), sigmas, random_conditioning(0, refs_b), 1.0, 0.0, progress=False)
+    out_a, stages = staged_euler_sample(
+        pipe.transformer, noise(), sigmas, random_conditioning(0, refs_a), 1.0, 0.0, progress=False
+    )
+    out_b, _ = staged_euler_sample(
+        pipe.transformer, noise(), sigmas, random_conditioning(0, refs_b), 1.0, 0.0, progress=False
+    )
     assert stages == [2] * STEPS
     assert not torch.allclose(out_a, out_b)
 

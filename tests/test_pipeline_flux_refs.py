@@ -4,6 +4,7 @@ Expected position ids are written out by hand from the rule in ComfyUI's
 ``comfy/ldm/flux/model.py`` (documented in ``dla_core/flux/references.py``); ComfyUI itself is
 exercised by tests/integration/test_pipeline_parity.py.
 """
+
 import pytest
 import torch
 
@@ -21,9 +22,7 @@ from dla_core.flux.references import (
 
 def grid_ids(index, row0, col0, rows, cols):
     """Hand-written ids: (index, row, col) for every patch, row-major."""
-    return torch.tensor(
-        [[index, row0 + r, col0 + c] for r in range(rows) for c in range(cols)], dtype=torch.float32
-    )
+    return torch.tensor([[index, row0 + r, col0 + c] for r in range(rows) for c in range(cols)], dtype=torch.float32)
 
 
 # Target latent 8x12 (4x6 patches); references A 6x4 (3x2 patches) and B 4x8 (2x4 patches).

@@ -3,13 +3,14 @@
 (The ComfyUI-format LoRA is checked against ComfyUI's LoraLoaderModelOnly in
 tests/integration/test_pipeline_parity.py.)
 """
+
 import pytest
 import torch
 
 from dla_core.errors import DLAInputError
+from dla_core.flux.checkpoint import load_flux_transformer
 from dla_core.flux.references import flux_forward
 from dla_core.pipeline import DLASubjectPipeline
-from dla_core.flux.checkpoint import load_flux_transformer
 from dla_core.selftest_models import build_tiny_diffusers_flux
 
 
@@ -23,13 +24,17 @@ def lora_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lora")
     flux = build_tiny_diffusers_flux(folder / "flux", seed=0)
     adapted = load_flux_transformer(flux)
-    adapted.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=True))
+    adapted.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=True)
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in adapted.named_parameters():
             if "lora_B" in name:  # peft starts B at zero (a no-op LoRA); make it matter
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    FluxPipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(adapted), weight_name="lora.safetensors")
+    FluxPipeline.save_lora_weights(
+        folder, transformer_lora_layers=get_peft_model_state_dict(adapted), weight_name="lora.safetensors"
+    )
     return flux, adapted.eval(), folder / "lora.safetensors"
 
 

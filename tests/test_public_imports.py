@@ -4,6 +4,7 @@ transformers moves and removes its private modules between major versions (trans
 dropped ``transformers.models.gpt2.tokenization_gpt2.bytes_to_unicode``), so no file of the
 repository may import ``transformers.<submodule>``; ``from transformers import X`` is fine.
 """
+
 from __future__ import annotations
 
 import ast
@@ -81,7 +82,9 @@ def test_byte_table_is_gpt2s_byte_to_unicode_mapping():
     assert list(table)[:3] == [ord("!"), ord('"'), ord("#")] and list(table)[188:191] == [0, 1, 2]
     assert len(set(table.values())) == 256  # bijective
     assert all(len(char) == 1 for char in table.values())
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     assert len(printable) == 188
     assert all(table[byte] == chr(byte) for byte in printable)
     # the 68 other bytes take 256, 257, ... in byte order

@@ -1,4 +1,5 @@
 """Qwen-Image-Edit template, Picture-k tagging and resolution rules (pure python)."""
+
 from __future__ import annotations
 
 import pytest
@@ -70,7 +71,9 @@ def test_more_resolutions_than_references_is_an_error():
 
 
 def test_reference_method_follows_the_model_when_available():
-    assert resolve_reference_method("auto", "qwen_image_edit_2511", ("offset", "index", "uxo", "index_timestep_zero")) == ("index_timestep_zero", "")
+    assert resolve_reference_method(
+        "auto", "qwen_image_edit_2511", ("offset", "index", "uxo", "index_timestep_zero")
+    ) == ("index_timestep_zero", "")
     assert resolve_reference_method("auto", "flux_kontext", ("offset", "index", "uxo")) == ("offset", "")
 
 

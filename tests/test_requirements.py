@@ -8,6 +8,7 @@ tables below are the packages' published metadata (Requires-Dist) for the releas
 tests check requirements.txt's bounds against them without a network. `.ci/run resolve` checks the same
 thing for real in fresh virtual environments.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,17 @@ DIFFUSERS_HUB = {
     "0.42.1": ">=1.32.0,<3.0",
 }
 HUB_RELEASES = [
-    "0.30.0", "0.34.0", "0.36.2", "1.0.0", "1.3.0", "1.23.0", "1.31.0", "1.32.0", "1.33.0", "2.0.0", "2.4.0",
+    "0.30.0",
+    "0.34.0",
+    "0.36.2",
+    "1.0.0",
+    "1.3.0",
+    "1.23.0",
+    "1.31.0",
+    "1.32.0",
+    "1.33.0",
+    "2.0.0",
+    "2.4.0",
 ]
 
 
@@ -87,8 +98,11 @@ def reqs() -> dict[str, Requirement]:
 
 def test_no_torch_family_in_requirements_or_pyproject_dependencies(reqs):
     assert TORCH_FAMILY.isdisjoint(reqs)
-    dev = {canonicalize_name(Requirement(line).name) for line in requirement_lines(ROOT / "requirements-dev.txt")
-           if not line.startswith("-")}
+    dev = {
+        canonicalize_name(Requirement(line).name)
+        for line in requirement_lines(ROOT / "requirements-dev.txt")
+        if not line.startswith("-")
+    }
     assert TORCH_FAMILY.isdisjoint(dev)
     project = {canonicalize_name(Requirement(dep).name) for dep in pyproject()["project"]["dependencies"]}
     assert TORCH_FAMILY.isdisjoint(project)
@@ -101,10 +115,12 @@ def test_standalone_extra_brings_torch_and_torchvision():
 
 
 def test_pyproject_dependencies_equal_requirements_txt(reqs):
-    project = {canonicalize_name(Requirement(dep).name): Requirement(dep)
-               for dep in pyproject()["project"]["dependencies"]}
+    project = {
+        canonicalize_name(Requirement(dep).name): Requirement(dep) for dep in pyproject()["project"]["dependencies"]
+    }
     assert {name: str(req.specifier) for name, req in project.items()} == {
-        name: str(req.specifier) for name, req in reqs.items()}
+        name: str(req.specifier) for name, req in reqs.items()
+    }
 
 
 def test_both_transformers_majors_are_allowed(reqs):
@@ -121,7 +137,8 @@ def test_every_allowed_diffusers_shares_a_huggingface_hub_with_transformers_4_an
             both = SpecifierSet(DIFFUSERS_HUB[diffusers]) & SpecifierSet(TRANSFORMERS_HUB[transformers])
             assert allowed(both, HUB_RELEASES), (
                 f"diffusers {diffusers} (hub {DIFFUSERS_HUB[diffusers]}) and transformers {transformers} "
-                f"(hub {TRANSFORMERS_HUB[transformers]}) have no huggingface-hub in common")
+                f"(hub {TRANSFORMERS_HUB[transformers]}) have no huggingface-hub in common"
+            )
 
 
 def test_diffusers_bound_excludes_the_releases_that_break_transformers_4(reqs):

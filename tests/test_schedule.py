@@ -1,8 +1,10 @@
 """The stage schedule: boundaries exactly as the paper (arXiv 2605.26111) writes them, FLUX's shifted sigmas."""
+
 import math
 
 import pytest
 import torch
+from dla_flux_oracle import flux_shifted_sigmas
 
 from dla_core.errors import DLAInputError
 from dla_core.flux.sampling import calculate_mu, image_seq_len
@@ -13,7 +15,6 @@ from dla_core.schedule import (
     stages_for_sigmas,
     validate_taus,
 )
-from dla_flux_oracle import flux_shifted_sigmas
 
 
 def test_t_equal_to_tau1_is_stage_1():
@@ -99,7 +100,9 @@ def test_describe_schedule_omits_empty_stages():
 
 
 def test_describe_schedule_names_a_single_first_step():
-    assert describe_schedule([1.0, 0.5, 0.2, 0.0], 1.0, 0.4) == "step 1: MLLM only; 2: MLLM + identity; 3: identity only"
+    assert (
+        describe_schedule([1.0, 0.5, 0.2, 0.0], 1.0, 0.4) == "step 1: MLLM only; 2: MLLM + identity; 3: identity only"
+    )
 
 
 @pytest.mark.parametrize("tau1,tau2", [(0.85, 0.95), (0.5, 0.6)])

@@ -1,4 +1,5 @@
 """Tiny Qwen-Image VAE and FLUX text-encoder builders: the keys ComfyUI's loaders detect, seeded weights."""
+
 import torch
 
 from dla_tiny.flux_text_encoders import TINY_CLIP_L_CONFIG, tiny_clip_l_state_dict, tiny_t5xxl_state_dict
@@ -16,7 +17,11 @@ def test_qwen_vae_has_the_wan21_layout_comfyui_detects():
 
 
 def test_qwen_vae_weights_are_seeded():
-    a, b, c = tiny_qwen_image_vae_state_dict(seed=0), tiny_qwen_image_vae_state_dict(seed=0), tiny_qwen_image_vae_state_dict(seed=1)
+    a, b, c = (
+        tiny_qwen_image_vae_state_dict(seed=0),
+        tiny_qwen_image_vae_state_dict(seed=0),
+        tiny_qwen_image_vae_state_dict(seed=1),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["encoder.conv1.weight"], c["encoder.conv1.weight"])
 

@@ -2,6 +2,7 @@
 
 No model is built here; every check runs on YAML/JSONL text and image headers.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,11 @@ def _manifest(tmp_path: Path, lines: list[dict]) -> Path:
 
 @pytest.fixture
 def good_line(tmp_path):
-    return {"reference": _image(tmp_path / "ref.png"), "prompt": "the toy on a beach", "target": _image(tmp_path / "tgt.png")}
+    return {
+        "reference": _image(tmp_path / "ref.png"),
+        "prompt": "the toy on a beach",
+        "target": _image(tmp_path / "tgt.png"),
+    }
 
 
 def test_defaults_are_the_papers_recipe():
@@ -44,7 +49,9 @@ def test_defaults_are_the_papers_recipe():
 
 
 def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"data": {"manifest": "m.jsonl"}, "train": {"output_dir": "out"}}))
+    (tmp_path / "cfg.yaml").write_text(
+        yaml.safe_dump({"data": {"manifest": "m.jsonl"}, "train": {"output_dir": "out"}})
+    )
     config = load_config(tmp_path / "cfg.yaml")
     assert config.data.manifest == str(tmp_path / "m.jsonl")
     assert config.train.output_dir == str(tmp_path / "out")
@@ -118,7 +125,9 @@ def test_manifest_line_that_is_not_json_is_named(tmp_path, good_line):
 def test_validate_command_checks_config_and_manifest_without_models(tmp_path, good_line, capsys):
     _manifest(tmp_path, [good_line])
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"manifest": "manifest.jsonl"}, "train": {"stage1_steps": 3, "stage2_steps": 2}}))
+    cfg.write_text(
+        yaml.safe_dump({"data": {"manifest": "manifest.jsonl"}, "train": {"stage1_steps": 3, "stage2_steps": 2}})
+    )
     assert train_main(["validate", "--config", str(cfg)]) == 0
     assert "5 steps" in capsys.readouterr().out
     cfg.write_text(yaml.safe_dump({"train": {"stage2_steps": 0}}))
@@ -133,7 +142,12 @@ def test_train_refuses_missing_cache_before_loading_models(tmp_path):
     flux.mkdir()
     dla = tmp_path / "dla.safetensors"
     dla.write_bytes(b"")
-    config = config_from_dict({"model": {"flux": str(flux), "init_dla": str(dla)},
-                               "data": {"cache_dir": str(tmp_path / "cache")}, "train": {"output_dir": str(tmp_path / "out")}})
+    config = config_from_dict(
+        {
+            "model": {"flux": str(flux), "init_dla": str(dla)},
+            "data": {"cache_dir": str(tmp_path / "cache")},
+            "train": {"output_dir": str(tmp_path / "out")},
+        }
+    )
     with pytest.raises(DLAInputError, match="prepare --config"):
         preflight(config)

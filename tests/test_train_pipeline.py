@@ -4,10 +4,10 @@ Everything is built in the test (``dla_core.train.tiny_setup``): a tiny InternVL
 FLUX transformer and VAE, an init DLA, and four reference/target PNG pairs (one with two references
 of another size, so stage 2 batches mix reference layouts).
 """
+
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +38,33 @@ def world(tmp_path_factory, one_thread):
 
     root = build_tiny_training_world(tmp_path_factory.mktemp("train_world"), num_samples=NUM_SAMPLES, seed=0)
     raw = {
-        "model": {"mllm": "mllm", "flux": "flux", "vae": "vae", "init_dla": "init_dla.safetensors", "mllm_dtype": "float32"},
-        "data": {"manifest": "manifest.jsonl", "cache_dir": "cache", "resolution": 32, "reference_size": 32, "shard_size": SHARD_SIZE},
+        "model": {
+            "mllm": "mllm",
+            "flux": "flux",
+            "vae": "vae",
+            "init_dla": "init_dla.safetensors",
+            "mllm_dtype": "float32",
+        },
+        "data": {
+            "manifest": "manifest.jsonl",
+            "cache_dir": "cache",
+            "resolution": 32,
+            "reference_size": 32,
+            "shard_size": SHARD_SIZE,
+        },
         "lora": {"rank": 8},
-        "train": {"output_dir": "out", "stage1_steps": 20, "stage2_steps": 20, "batch_size": 2, "mixed_precision": "no",
-                  "lr_lora": 1e-2, "lr_dla": 1e-3, "checkpoint_every": 100, "progress_bar": False, "seed": 0},
+        "train": {
+            "output_dir": "out",
+            "stage1_steps": 20,
+            "stage2_steps": 20,
+            "batch_size": 2,
+            "mixed_precision": "no",
+            "lr_lora": 1e-2,
+            "lr_dla": 1e-3,
+            "checkpoint_every": 100,
+            "progress_bar": False,
+            "seed": 0,
+        },
     }
     return root, raw
 
@@ -182,7 +204,7 @@ def test_stream_sampler_started_at_a_batch_continues_the_uninterrupted_stream(wo
             assert list(islice(iter(resumed), length - skip)) == whole[skip:], (rank, start)
     # Every epoch of the global stream is a permutation, and epochs differ (the seed moves with the epoch).
     stream = list(islice(iter(StreamSampler(num_samples, 1, seed=3)), 3 * num_samples))
-    epochs = [stream[i:i + num_samples] for i in range(0, len(stream), num_samples)]
+    epochs = [stream[i : i + num_samples] for i in range(0, len(stream), num_samples)]
     assert all(sorted(e) == list(range(num_samples)) for e in epochs) and len({tuple(e) for e in epochs}) > 1
 
 
@@ -207,18 +229,34 @@ def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
     from dla_core.pipeline import DLASubjectPipeline
     from dla_core.train.trainer import add_lora
 
-    pipe = DLASubjectPipeline.from_pretrained(config.model.flux, config.model.vae, config.model.mllm,
-                                              export_dir / DLA_FILE, lora=export_dir / LORA_FILE, dtype=torch.float32)
+    pipe = DLASubjectPipeline.from_pretrained(
+        config.model.flux,
+        config.model.vae,
+        config.model.mllm,
+        export_dir / DLA_FILE,
+        lora=export_dir / LORA_FILE,
+        dtype=torch.float32,
+    )
     trained = load_flux_transformer(config.model.flux)
     add_lora(trained, config)
-    state = {k[len("transformer."):]: v for k, v in safe_open_all(result.output_dir).items() if k.startswith("transformer.")}
+    state = {
+        k[len("transformer.") :]: v for k, v in safe_open_all(result.output_dir).items() if k.startswith("transformer.")
+    }
     trained.load_state_dict(state, strict=False)
     inputs = _flux_inputs(trained)
     with torch.no_grad():
-        assert torch.allclose(pipe.transformer(**inputs)[0], trained(**inputs)[0], atol=2e-3, rtol=1e-2)  # bf16 LoRA file
+        assert torch.allclose(
+            pipe.transformer(**inputs)[0], trained(**inputs)[0], atol=2e-3, rtol=1e-2
+        )  # bf16 LoRA file
     assert torch.equal(pipe.dla.null_tokens, dla.null_tokens)
-    image = pipe("subject 0 on the moon", [str(Path(config.data.manifest).parent / "ref0.png")], height=32, width=32,
-                 num_inference_steps=2, progress=False).images[0]
+    image = pipe(
+        "subject 0 on the moon",
+        [str(Path(config.data.manifest).parent / "ref0.png")],
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        progress=False,
+    ).images[0]
     assert image.size == (32, 32)
 
 
@@ -251,7 +289,9 @@ def _flux_inputs(transformer) -> dict:
         encoder_hidden_states=torch.randn(1, 5, 4096, generator=generator),
         pooled_projections=torch.randn(1, 768, generator=generator),
         timestep=torch.tensor([0.7]),
-        img_ids=torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(16, 3),
+        img_ids=torch.stack(
+            torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1
+        ).reshape(16, 3),
         txt_ids=torch.zeros(5, 3),
         guidance=torch.tensor([3.5]),
         return_dict=False,

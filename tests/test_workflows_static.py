@@ -3,6 +3,7 @@
 The HTTP tests (tests/integration/http) convert each UI file with the server's /object_info
 and run it; the browser tests load it into ComfyUI's front end. These checks need neither.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,12 +19,28 @@ UI_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
 FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 # Loaders and encoders the DLA replaces: none of them may appear in a DLA workflow.
 TEXT_ENCODER_NODE_TYPES = {
-    "CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader", "CheckpointLoaderSimple",
-    "CLIPTextEncode", "CLIPTextEncodeFlux", "UNETLoaderWithCLIP",
+    "CLIPLoader",
+    "DualCLIPLoader",
+    "TripleCLIPLoader",
+    "QuadrupleCLIPLoader",
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "CLIPTextEncodeFlux",
+    "UNETLoaderWithCLIP",
 }
 PAPER_PIPELINE_NODE_TYPES = {
-    "UNETLoader", "LoraLoaderModelOnly", "VAELoader", "DLAMLLMLoader", "LoadImage", "DLAMLLMJointEncode",
-    "DLALoader", "DLAAggregate", "DLAVAEIdentityEncode", "DLAStagedKSampler", "VAEDecode", "SaveImage",
+    "UNETLoader",
+    "LoraLoaderModelOnly",
+    "VAELoader",
+    "DLAMLLMLoader",
+    "LoadImage",
+    "DLAMLLMJointEncode",
+    "DLALoader",
+    "DLAAggregate",
+    "DLAVAEIdentityEncode",
+    "DLAStagedKSampler",
+    "VAEDecode",
+    "SaveImage",
 }
 
 
@@ -94,7 +111,11 @@ def test_every_required_socket_is_connected(path):
         present = set(api[str(node["id"])]["inputs"])
         optional = {"negative", "identity", "stage3_conditioning", "image_2", "image_3"}
         # shape 7: the front end's mark of an optional socket (e.g. image2..image6 of the Qwen nodes)
-        missing = [slot["name"] for slot in node.get("inputs", []) if "widget" not in slot and slot.get("shape") != 7 and slot["name"] not in present | optional]
+        missing = [
+            slot["name"]
+            for slot in node.get("inputs", [])
+            if "widget" not in slot and slot.get("shape") != 7 and slot["name"] not in present | optional
+        ]
         assert missing == [], f"node {node['id']} ({node['type']}) has unconnected sockets {missing}"
 
 
@@ -108,7 +129,11 @@ def test_api_file_has_the_ui_nodes_and_links(path):
     for node_id, node in runnable.items():
         assert api[node_id]["class_type"] == node["type"]
         api_links = {name: value for name, value in api[node_id]["inputs"].items() if isinstance(value, list)}
-        ui_links = {slot["name"]: [str(links[slot["link"]][1]), links[slot["link"]][2]] for slot in node["inputs"] if slot.get("link") is not None}
+        ui_links = {
+            slot["name"]: [str(links[slot["link"]][1]), links[slot["link"]][2]]
+            for slot in node["inputs"]
+            if slot.get("link") is not None
+        }
         assert api_links == ui_links, node_id
         for origin_id, _ in api_links.values():
             assert origin_id in api, f"node {node_id} reads from missing node {origin_id}"
@@ -124,11 +149,14 @@ def test_api_widget_inputs_follow_the_ui_widget_values_in_order(path):
         api_values = [value for value in api[str(node["id"])]["inputs"].values() if not isinstance(value, list)]
         remaining = iter(node.get("widgets_values") or [])
         assert all(any(value == candidate for candidate in remaining) for value in api_values), (
-            f"node {node['id']} ({node['type']}): API values {api_values} are not the UI widget values {node.get('widgets_values')} in order"
+            f"node {node['id']} ({node['type']}): API values {api_values} are not the UI widget values "
+            f"{node.get('widgets_values')} in order"
         )
 
 
-DLA_FILES = [path for path in UI_FILES if path.stem.startswith("dla_")]  # Qwen-Image-Edit / Kontext graphs use ComfyUI's encoders
+DLA_FILES = [
+    path for path in UI_FILES if path.stem.startswith("dla_")
+]  # Qwen-Image-Edit / Kontext graphs use ComfyUI's encoders
 
 
 @pytest.mark.parametrize("path", DLA_FILES, ids=[path.stem for path in DLA_FILES])
@@ -157,7 +185,10 @@ def test_compare_workflow_differs_only_in_staging():
     path = WORKFLOWS_DIR / "dla_flux_staging_compare.json"
     ui = load(path)
     samplers = [node for node in ui["nodes"] if node["type"] == "DLAStagedKSampler"]
-    assert sorted((widget(path, node, "tau1"), widget(path, node, "tau2")) for node in samplers) == [(0.0, 0.0), (0.95, 0.85)]
+    assert sorted((widget(path, node, "tau1"), widget(path, node, "tau2")) for node in samplers) == [
+        (0.0, 0.0),
+        (0.95, 0.85),
+    ]
     off, on = samplers
     for name in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"):
         assert widget(path, off, name) == widget(path, on, name), name
@@ -168,16 +199,26 @@ def test_compare_workflow_differs_only_in_staging():
 
 
 def _user_model_names() -> dict:
-    spec = importlib.util.spec_from_file_location("dla_integration_server_static", REPO_ROOT / "tests" / "integration" / "server.py")
+    spec = importlib.util.spec_from_file_location(
+        "dla_integration_server_static", REPO_ROOT / "tests" / "integration" / "server.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {**module.USER_MODEL_NAMES, **{key: "(built by test_qwen_kontext_workflows.py)" for key in module.LISTED_ONLY_MODEL_NAMES}}
+    return {
+        **module.USER_MODEL_NAMES,
+        **{key: "(built by test_qwen_kontext_workflows.py)" for key in module.LISTED_ONLY_MODEL_NAMES},
+    }
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=ids)
 def test_every_model_file_a_workflow_names_has_a_tiny_stand_in_for_the_tests(path):
-    loaders = {"UNETLoader": "unet_name", "VAELoader": "vae_name", "LoraLoaderModelOnly": "lora_name",
-               "DLAMLLMLoader": "mllm_name", "DLALoader": "dla_name"}
+    loaders = {
+        "UNETLoader": "unet_name",
+        "VAELoader": "vae_name",
+        "LoraLoaderModelOnly": "lora_name",
+        "DLAMLLMLoader": "mllm_name",
+        "DLALoader": "dla_name",
+    }
     stand_ins = {user_name for _, user_name in _user_model_names()}
     named = {widget(path, node, loaders[node["type"]]) for node in load(path)["nodes"] if node["type"] in loaders}
     assert named - stand_ins == set()

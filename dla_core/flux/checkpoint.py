@@ -16,6 +16,7 @@ single-file checkpoint (BFL / ComfyUI key layout, as ComfyUI's ``UNETLoader`` / 
 read it) with a config inferred from the weights and written to a local folder, so
 ``from_single_file`` never touches the network.
 """
+
 from __future__ import annotations
 
 import json
@@ -154,7 +155,9 @@ def bfl_flux_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 def is_bfl_lora(state: dict[str, torch.Tensor]) -> bool:
     """Whether a LoRA uses ComfyUI's / BFL's names (``diffusion_model.<module>.lora_up/lora_down``)."""
-    return any(key.endswith(".lora_up.weight") and ("double_blocks." in key or "single_blocks." in key) for key in state)
+    return any(
+        key.endswith(".lora_up.weight") and ("double_blocks." in key or "single_blocks." in key) for key in state
+    )
 
 
 def bfl_lora_to_diffusers(state: dict[str, torch.Tensor], hidden: int) -> dict[str, torch.Tensor]:
@@ -198,8 +201,10 @@ def _strip_prefix(shapes: dict[str, tuple[int, ...]]) -> tuple[str, dict[str, tu
     for key in shapes:
         if key.endswith("img_in.weight"):
             prefix = key[: -len("img_in.weight")]
-            return prefix, {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
-    raise DLAInputError("not a FLUX transformer checkpoint (no 'img_in.weight'): pass a FLUX.1 file or diffusers folder.")
+            return prefix, {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+    raise DLAInputError(
+        "not a FLUX transformer checkpoint (no 'img_in.weight'): pass a FLUX.1 file or diffusers folder."
+    )
 
 
 def _count_blocks(keys, prefix: str) -> int:
@@ -258,7 +263,9 @@ def load_flux_transformer(path: str | Path, dtype: torch.dtype = torch.float32, 
     if config is None:
         config_dict = flux_config_from_bfl_checkpoint(path)
     else:
-        folder = Path(config) / "transformer" if (Path(config) / "transformer" / "config.json").exists() else Path(config)
+        folder = (
+            Path(config) / "transformer" if (Path(config) / "transformer" / "config.json").exists() else Path(config)
+        )
         config_dict = json.loads((folder / "config.json").read_text())
     return _flux_from_bfl_file(path, config_dict, dtype)
 
@@ -273,7 +280,7 @@ def _flux_from_bfl_file(path: Path, config: dict, dtype: torch.dtype):
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     try:
-        state = bfl_flux_to_diffusers({k[len(prefix):]: v.to(dtype) for k, v in raw.items() if k.startswith(prefix)})
+        state = bfl_flux_to_diffusers({k[len(prefix) :]: v.to(dtype) for k, v in raw.items() if k.startswith(prefix)})
         del raw
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, KeyError) as exc:

@@ -18,6 +18,7 @@ Position ids are ``(index, row, column)`` per 2x2 patch. Offsets are first worke
   diagonally after the target image: reference k starts at
   ``(H + sum of earlier ref heights, W + sum of earlier ref widths)`` latent pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -183,7 +184,9 @@ def reference_tokens(
     for ref, place in zip(reference_latents, placements):
         tokens.append(pack_latents(_repeat_to_batch(ref, batch_size)))
         ids.append(
-            image_position_ids(ref.shape[-2], ref.shape[-1], place.index, place.h_offset, place.w_offset, device=ref.device)
+            image_position_ids(
+                ref.shape[-2], ref.shape[-1], place.index, place.h_offset, place.w_offset, device=ref.device
+            )
         )
     return torch.cat(tokens, dim=1), torch.cat(ids, dim=0)
 
@@ -259,6 +262,7 @@ def flux_forward(
 ) -> torch.Tensor:
     """:func:`flux_velocity_tokens` unpacked: the target image's velocity [batch, C, H, W], in ``latents``' dtype."""
     height, width = latents.shape[-2:]
-    out = flux_velocity_tokens(transformer, latents, sigma, context, pooled, guidance, reference_latents,
-                               reference_method)
+    out = flux_velocity_tokens(
+        transformer, latents, sigma, context, pooled, guidance, reference_latents, reference_method
+    )
     return unpack_latents(out, height, width).to(latents.dtype)

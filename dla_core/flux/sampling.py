@@ -16,6 +16,7 @@ sigma with :func:`dla_core.schedule.stage_for_sigma`:
 - stage 2 (``tau2 <= sigma < tau1``): DLA tokens + reference latents;
 - stage 3 (``sigma < tau2``): the DLA's learned null ("MLLM off") tokens + reference latents.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def calculate_mu(seq_len: int, config: dict = FLUX_SCHEDULER_CONFIG) -> float:
 
 
 def flux_sigmas(height: int, width: int, steps: int, device=None) -> torch.Tensor:
-    """Sigmas [steps + 1] (trailing 0) for ``steps`` steps at ``height`` x ``width`` pixels: the pack's one FLUX schedule.
+    """Sigmas [steps + 1] (trailing 0) for ``steps`` steps at ``height`` x ``width`` pixels:
+    the pack's one FLUX schedule.
 
     Unshifted times ``linspace(1, 1/steps, steps)`` (diffusers' FluxPipeline), each shifted to
     ``e^mu / (e^mu + 1/t - 1)`` with :func:`calculate_mu`.
@@ -151,7 +153,9 @@ def staged_euler_sample(
             velocity = flux_forward(transformer, x, sigma, context, pooled, guidance, refs, method).float()
             if true_cfg_scale != 1.0:
                 neg_context, neg_pooled, neg_refs = conditioning.negative_for_stage(stage)
-                negative = flux_forward(transformer, x, sigma, neg_context, neg_pooled, guidance, neg_refs, method).float()
+                negative = flux_forward(
+                    transformer, x, sigma, neg_context, neg_pooled, guidance, neg_refs, method
+                ).float()
                 velocity = negative + true_cfg_scale * (velocity - negative)
             x = x + (sigma_next - sigma) * velocity
             bar.set_postfix(stage=stage)

@@ -11,6 +11,7 @@ A config file has five sections (every key optional except the paths the chosen 
 Relative paths are resolved against the folder of the YAML file, so a config and its data can move
 together. Unknown keys, wrong types and impossible values raise :class:`DLAInputError` naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,14 @@ from ..flux.references import DEFAULT_REFERENCE_METHOD, FLUX_DEV_GUIDANCE, REFER
 # text stream (add_*_proj, to_add_out); single blocks reuse the to_q/k/v names. Matches the
 # default of diffusers' train_dreambooth_lora_flux.py and maps 1:1 to ComfyUI's Flux keys.
 FLUX_ATTENTION_TARGETS = (
-    "to_q", "to_k", "to_v", "to_out.0",
-    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
 )
 PAPER_STAGE1_STEPS = 25_000
 PAPER_STAGE2_STEPS = 10_000
@@ -104,7 +111,9 @@ class TrainConfig:
     mode_scale: float = 1.29
     timestep_shift: str = "none"  # none | resolution (FLUX's mu from image token count) | fixed
     shift: float = 3.0  # used by timestep_shift: fixed
-    reference_method: str = DEFAULT_REFERENCE_METHOD  # how identity tokens are placed (as ComfyUI's reference_latents_method)
+    reference_method: str = (
+        DEFAULT_REFERENCE_METHOD  # how identity tokens are placed (as ComfyUI's reference_latents_method)
+    )
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     tensorboard: bool = False
@@ -157,8 +166,15 @@ _SECTIONS = {
     "train": TrainConfig,
     "dropout": DropoutConfig,
 }
-_PATH_KEYS = {("model", "mllm"), ("model", "flux"), ("model", "vae"), ("model", "init_dla"),
-              ("data", "manifest"), ("data", "cache_dir"), ("train", "output_dir")}
+_PATH_KEYS = {
+    ("model", "mllm"),
+    ("model", "flux"),
+    ("model", "vae"),
+    ("model", "init_dla"),
+    ("data", "manifest"),
+    ("data", "cache_dir"),
+    ("train", "output_dir"),
+}
 
 
 def _check_type(where: str, value, annotation: str):
@@ -167,7 +183,9 @@ def _check_type(where: str, value, annotation: str):
     if value is None:
         if optional:
             return None
-        raise DLAInputError(f"Config key '{where}' is empty (null); give it a value or remove the line for the default.")
+        raise DLAInputError(
+            f"Config key '{where}' is empty (null); give it a value or remove the line for the default."
+        )
     base = annotation.replace("| None", "").strip()
     if base == "bool":
         if not isinstance(value, bool):
@@ -201,7 +219,9 @@ def config_from_dict(raw: dict, base_dir: str | Path = ".", source: str = "") ->
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise DLAInputError(f"Training config {source or ''} must be a YAML mapping with sections {', '.join(_SECTIONS)}.")
+        raise DLAInputError(
+            f"Training config {source or ''} must be a YAML mapping with sections {', '.join(_SECTIONS)}."
+        )
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise DLAInputError(
@@ -252,10 +272,20 @@ def _require(condition: bool, message: str):
 def validate_values(config: DLATrainingConfig) -> None:
     """Check ranges and enumerations; raises :class:`DLAInputError` naming the key and a fix."""
     t, d, lo, dr = config.train, config.data, config.lora, config.dropout
-    _require(t.stage1_steps >= 1, f"train.stage1_steps is {t.stage1_steps}: stage 1 (MLLM only) needs at least 1 step (paper: {PAPER_STAGE1_STEPS}).")
-    _require(t.stage2_steps >= 1, f"train.stage2_steps is {t.stage2_steps}: stage 2 (MLLM + identity) needs at least 1 step (paper: {PAPER_STAGE2_STEPS}).")
+    _require(
+        t.stage1_steps >= 1,
+        f"train.stage1_steps is {t.stage1_steps}: stage 1 (MLLM only) needs at least 1 step (paper: "
+        f"{PAPER_STAGE1_STEPS}).",
+    )
+    _require(
+        t.stage2_steps >= 1,
+        f"train.stage2_steps is {t.stage2_steps}: stage 2 (MLLM + identity) needs at least 1 step (paper: "
+        f"{PAPER_STAGE2_STEPS}).",
+    )
     _require(lo.rank >= 1, f"lora.rank is {lo.rank}: a LoRA needs rank >= 1 (paper: {PAPER_LORA_RANK}).")
-    _require(lo.alpha is None or lo.alpha > 0, f"lora.alpha is {lo.alpha}: use a positive number or leave it out (= rank).")
+    _require(
+        lo.alpha is None or lo.alpha > 0, f"lora.alpha is {lo.alpha}: use a positive number or leave it out (= rank)."
+    )
     _require(0.0 <= lo.dropout < 1.0, f"lora.dropout is {lo.dropout}: must be in [0, 1).")
     _require(len(lo.target_modules) > 0, "lora.target_modules is empty: list the attention projections to adapt.")
     _require(t.batch_size >= 1, f"train.batch_size is {t.batch_size}: must be >= 1.")
@@ -265,15 +295,33 @@ def validate_values(config: DLATrainingConfig) -> None:
     _require(t.warmup_steps >= 0, "train.warmup_steps must be >= 0.")
     _require(t.checkpoint_every >= 1, "train.checkpoint_every must be >= 1 (steps between checkpoints).")
     _require(t.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1.")
-    _require(t.mixed_precision in MIXED_PRECISIONS, f"train.mixed_precision '{t.mixed_precision}' is not one of {MIXED_PRECISIONS}.")
-    _require(t.timestep_sampling in TIMESTEP_SAMPLINGS, f"train.timestep_sampling '{t.timestep_sampling}' is not one of {TIMESTEP_SAMPLINGS}.")
-    _require(t.timestep_shift in TIMESTEP_SHIFTS, f"train.timestep_shift '{t.timestep_shift}' is not one of {TIMESTEP_SHIFTS}.")
+    _require(
+        t.mixed_precision in MIXED_PRECISIONS,
+        f"train.mixed_precision '{t.mixed_precision}' is not one of {MIXED_PRECISIONS}.",
+    )
+    _require(
+        t.timestep_sampling in TIMESTEP_SAMPLINGS,
+        f"train.timestep_sampling '{t.timestep_sampling}' is not one of {TIMESTEP_SAMPLINGS}.",
+    )
+    _require(
+        t.timestep_shift in TIMESTEP_SHIFTS,
+        f"train.timestep_shift '{t.timestep_shift}' is not one of {TIMESTEP_SHIFTS}.",
+    )
     _require(t.shift > 0, "train.shift must be positive.")
     _require(t.logit_std > 0, "train.logit_std must be positive.")
-    _require(t.reference_method in REFERENCE_METHODS, f"train.reference_method '{t.reference_method}' is not one of {REFERENCE_METHODS}.")
+    _require(
+        t.reference_method in REFERENCE_METHODS,
+        f"train.reference_method '{t.reference_method}' is not one of {REFERENCE_METHODS}.",
+    )
     _require(t.num_workers >= 0, "train.num_workers must be >= 0.")
-    _require(d.resolution >= 16 and d.resolution % 16 == 0, f"data.resolution is {d.resolution}: use a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE).")
-    _require(d.reference_size >= 16 and d.reference_size % 16 == 0, f"data.reference_size is {d.reference_size}: use a multiple of 16.")
+    _require(
+        d.resolution >= 16 and d.resolution % 16 == 0,
+        f"data.resolution is {d.resolution}: use a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE).",
+    )
+    _require(
+        d.reference_size >= 16 and d.reference_size % 16 == 0,
+        f"data.reference_size is {d.reference_size}: use a multiple of 16.",
+    )
     _require(d.shard_size >= 1, "data.shard_size must be >= 1.")
     _require(d.cache_dtype in CACHE_DTYPES, f"data.cache_dtype '{d.cache_dtype}' is not one of {CACHE_DTYPES}.")
     _require(d.mllm_image_size is None or d.mllm_image_size >= 14, "data.mllm_image_size must be >= 14 or left out.")
@@ -294,4 +342,6 @@ def require_paths(config: DLATrainingConfig, keys: typing.Iterable[str], command
         if dotted in ("data.cache_dir", "train.output_dir"):
             continue  # created on demand
         if not Path(value).exists():
-            raise DLAInputError(f"'{dotted}' points to '{value}', which does not exist. Fix the path in {config.source}.")
+            raise DLAInputError(
+                f"'{dotted}' points to '{value}', which does not exist. Fix the path in {config.source}."
+            )

@@ -5,6 +5,7 @@ relative image paths resolve against the manifest's folder. :func:`read_manifest
 line (files exist, are readable RGB images, prompt not empty) by reading image headers only, so a
 bad manifest fails in seconds, before any model is loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,11 +48,14 @@ def _check_image(path: Path, where: str, role: str) -> None:
         with Image.open(path) as image:  # lazy: reads the header only
             mode = image.mode
     except (UnidentifiedImageError, OSError) as exc:
-        raise DLAInputError(f"{where}: {role} '{path}' is not a readable image ({exc}). Re-export it as PNG or JPEG.") from exc
+        raise DLAInputError(
+            f"{where}: {role} '{path}' is not a readable image ({exc}). Re-export it as PNG or JPEG."
+        ) from exc
     if mode not in ACCEPTED_IMAGE_MODES:
         raise DLAInputError(
             f"{where}: {role} image '{path}' has mode {mode}; training needs RGB images. "
-            f"Convert it first (e.g. PIL: Image.open(p).convert('RGB').save(p)); for RGBA, flatten on a background you choose."
+            "Convert it first (e.g. PIL: Image.open(p).convert('RGB').save(p)); for RGBA, flatten on a background you "
+            "choose."
         )
 
 
@@ -59,7 +63,9 @@ def read_manifest(path: str | Path, check_images: bool = True) -> list[ManifestR
     """Parse and validate a JSONL manifest. Raises :class:`DLAInputError` naming the line and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise DLAInputError(f"Manifest '{path}' does not exist. Set data.manifest to a JSONL file of reference/prompt/target lines.")
+        raise DLAInputError(
+            f"Manifest '{path}' does not exist. Set data.manifest to a JSONL file of reference/prompt/target lines."
+        )
     base = path.parent
     records: list[ManifestRecord] = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -77,7 +83,9 @@ def read_manifest(path: str | Path, check_images: bool = True) -> list[ManifestR
             raise DLAInputError(f"{where} lacks {', '.join(missing)}; every line needs {', '.join(MANIFEST_KEYS)}.")
         unknown = sorted(set(item) - set(MANIFEST_KEYS) - set(OPTIONAL_MANIFEST_KEYS))
         if unknown:
-            raise DLAInputError(f"{where} has unknown key(s) {unknown}; allowed: {', '.join(MANIFEST_KEYS + OPTIONAL_MANIFEST_KEYS)}.")
+            raise DLAInputError(
+                f"{where} has unknown key(s) {unknown}; allowed: {', '.join(MANIFEST_KEYS + OPTIONAL_MANIFEST_KEYS)}."
+            )
         prompt = item["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise DLAInputError(f"{where} has an empty prompt; write the instruction for this target image.")
@@ -95,12 +103,15 @@ def read_manifest(path: str | Path, check_images: bool = True) -> list[ManifestR
             for r in ref_paths:
                 _check_image(Path(r), where, "reference")
             _check_image(target_path, where, "target")
-        records.append(ManifestRecord(len(records), ref_paths, prompt.strip(), str(target_path), str(item.get("id", ""))))
+        records.append(
+            ManifestRecord(len(records), ref_paths, prompt.strip(), str(target_path), str(item.get("id", "")))
+        )
     if not records:
-        raise DLAInputError(f"Manifest '{path}' holds no examples. Add lines like "
-                            '{"reference": "ref.png", "prompt": "the dog on a beach", "target": "target.png"}.')
+        raise DLAInputError(
+            f"Manifest '{path}' holds no examples. Add lines like "
+            '{"reference": "ref.png", "prompt": "the dog on a beach", "target": "target.png"}.'
+        )
     return records
-
 
 
 # ----------------------------------------------------------------------------- cached dataset
@@ -119,16 +130,21 @@ class CachedFeatureDataset:
         index_file = self.cache_dir / CACHE_INDEX
         if not index_file.is_file():
             raise DLAInputError(
-                f"No prepared cache in '{self.cache_dir}'. Run `python -m dla_core.train prepare --config <yaml>` first."
+                f"No prepared cache in '{self.cache_dir}'. Run `python -m dla_core.train prepare --config <yaml>` "
+                "first."
             )
         self.index = json.loads(index_file.read_text())
         self.num_samples = int(self.index["num_samples"])
         self.shard_size = int(self.index["shard_size"])
-        missing = [shard_name(s) for s in range(int(self.index["num_shards"]))
-                   if not (self.cache_dir / shard_name(s)).is_file()]
+        missing = [
+            shard_name(s)
+            for s in range(int(self.index["num_shards"]))
+            if not (self.cache_dir / shard_name(s)).is_file()
+        ]
         if missing:
             raise DLAInputError(
-                f"The cache in '{self.cache_dir}' is incomplete: {len(missing)} shard(s) missing ({', '.join(missing[:3])}...). "
+                f"The cache in '{self.cache_dir}' is incomplete: {len(missing)} shard(s) missing "
+                f"({', '.join(missing[:3])}...). "
                 "Run `python -m dla_core.train prepare --config <yaml>` again; it resumes where it stopped."
             )
         self._shard_name = shard_name
@@ -142,7 +158,8 @@ class CachedFeatureDataset:
             fingerprint = (handle.metadata() or {}).get("fingerprint")
             if fingerprint != self.index["fingerprint"]:
                 raise DLAInputError(
-                    f"Shard {shard} in '{self.cache_dir}' belongs to another prepare run; delete the cache folder and prepare again."
+                    f"Shard {shard} in '{self.cache_dir}' belongs to another prepare run; delete the cache folder and "
+                    "prepare again."
                 )
             self._handles[shard] = handle
             for sample in json.loads(handle.metadata()["samples"]):

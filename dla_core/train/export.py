@@ -8,6 +8,7 @@ via ``comfy.utils.flux_to_diffusers``: q/k/v become slices of the fused qkv weig
 folded into ``lora_B`` and no ``alpha`` tensors are written, so every loader applies exactly the
 trained delta at strength 1.0. Metadata: ``format``, ``rank``, ``alpha``, ``target_modules``.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,12 @@ def lora_state_dict(transformer) -> tuple[dict[str, torch.Tensor], dict]:
         if ".lora_B." in name:
             tensor = tensor * scale
         out[f"transformer.{name}"] = tensor.contiguous()
-    info = {"rank": int(peft_config.r), "alpha": float(peft_config.lora_alpha), "scale_folded": scale,
-            "target_modules": sorted(peft_config.target_modules)}
+    info = {
+        "rank": int(peft_config.r),
+        "alpha": float(peft_config.lora_alpha),
+        "scale_folded": scale,
+        "target_modules": sorted(peft_config.target_modules),
+    }
     return out, info
 
 
@@ -53,7 +58,11 @@ def save_lora(transformer, path: str | Path, dtype: torch.dtype = torch.bfloat16
         raise DLAInputError(f"LoRA files are written as .safetensors; got '{path.name}'.")
     state, info = lora_state_dict(transformer)
     state = {k: v.to(dtype).contiguous() for k, v in state.items()}
-    metadata = {"format": LORA_FORMAT, "lora_info": json.dumps(info), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
+    metadata = {
+        "format": LORA_FORMAT,
+        "lora_info": json.dumps(info),
+        **{k: json.dumps(v) for k, v in (extra or {}).items()},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=metadata)
     return path
@@ -64,16 +73,23 @@ def export_module(module, config, out_dir: str | Path, lora_dtype: torch.dtype =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dla = module.dla
-    recipe = {"stage1_steps": config.train.stage1_steps, "stage2_steps": config.train.stage2_steps,
-              "lora_rank": config.lora.rank, "reference_method": config.train.reference_method,
-              "dropout": dict(vars(config.dropout)), "guidance": config.train.guidance}
+    recipe = {
+        "stage1_steps": config.train.stage1_steps,
+        "stage2_steps": config.train.stage2_steps,
+        "lora_rank": config.lora.rank,
+        "reference_method": config.train.reference_method,
+        "dropout": dict(vars(config.dropout)),
+        "guidance": config.train.guidance,
+    }
     dla.config.extra = {**dla.config.extra, "training": recipe}
     save_dla(dla, out_dir / DLA_FILE)
     save_lora(module.transformer, out_dir / LORA_FILE, dtype=lora_dtype, extra={"training": recipe})
     return out_dir
 
 
-def export_checkpoint(config, checkpoint: str | Path | None, out_dir: str | Path, lora_dtype: torch.dtype = torch.bfloat16) -> Path:
+def export_checkpoint(
+    config, checkpoint: str | Path | None, out_dir: str | Path, lora_dtype: torch.dtype = torch.bfloat16
+) -> Path:
     """Rebuild the module from the config, load a training checkpoint's weights, export them.
 
     ``checkpoint``: a ``checkpoints/step-*`` folder, or None for the newest one of the run.

@@ -6,6 +6,7 @@ stage 3 uses) and the FLUX call of inference, :func:`dla_core.flux.references.fl
 (text, image and reference tokens laid out as ComfyUI does), with a key mask over the context padding.
 Used by :mod:`.trainer` (the loop) and :mod:`.export` (checkpoint -> DLA + LoRA files).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,9 @@ class DLAFluxTrainModule(nn.Module):
     One module so that DDP/FSDP wrap every trainable weight (the DLA's null sequence included).
     """
 
-    def __init__(self, dla: nn.Module, transformer: nn.Module, feature_meta: dict, guidance: float, reference_method: str):
+    def __init__(
+        self, dla: nn.Module, transformer: nn.Module, feature_meta: dict, guidance: float, reference_method: str
+    ):
         super().__init__()
         self.dla = dla
         self.transformer = transformer
@@ -66,7 +69,9 @@ class DLAFluxTrainModule(nn.Module):
         cond = self.dla.drop_to_null(self.dla(self.features(batch)), mllm_off)
         return cond.tokens, cond.token_mask, cond.pooled
 
-    def forward(self, batch: dict, noise: torch.Tensor, sigmas: torch.Tensor, events: torch.Tensor, stage: int) -> torch.Tensor:
+    def forward(
+        self, batch: dict, noise: torch.Tensor, sigmas: torch.Tensor, events: torch.Tensor, stage: int
+    ) -> torch.Tensor:
         x0 = batch["target"]  # [batch, C, H, W]
         device = x0.device
         noise, sigmas = noise.to(device, x0.dtype), sigmas.to(device, x0.dtype)
@@ -85,10 +90,19 @@ class DLAFluxTrainModule(nn.Module):
         per_sample = []
         for layout, rows in groups.items():
             idx = torch.tensor(rows, device=device)
-            refs = [torch.stack([batch["references"][r][k] for r in rows]).to(device, x0.dtype) for k in range(len(layout))]
+            refs = [
+                torch.stack([batch["references"][r][k] for r in rows]).to(device, x0.dtype) for k in range(len(layout))
+            ]
             prediction = flux_velocity_tokens(
-                self.transformer, noisy[idx], sigmas[idx], context[idx], pooled[idx], self.guidance, refs,
-                self.reference_method, text_mask=context_mask[idx],
+                self.transformer,
+                noisy[idx],
+                sigmas[idx],
+                context[idx],
+                pooled[idx],
+                self.guidance,
+                refs,
+                self.reference_method,
+                text_mask=context_mask[idx],
             ).float()  # target tokens only
             per_sample.append(((prediction - pack_latents(target[idx]).float()) ** 2).mean(dim=(1, 2)))
         losses = torch.cat(per_sample)  # [batch], in group order
@@ -120,7 +134,9 @@ def add_lora(transformer: nn.Module, config: DLATrainingConfig) -> None:
             param.data = param.data.float()  # trainable weights in fp32 even over a bf16 base
 
 
-def build_module(config: DLATrainingConfig, feature_meta: dict, base_dtype: torch.dtype = torch.float32) -> DLAFluxTrainModule:
+def build_module(
+    config: DLATrainingConfig, feature_meta: dict, base_dtype: torch.dtype = torch.float32
+) -> DLAFluxTrainModule:
     """Load FLUX (frozen, + LoRA) and the init DLA (trainable) into one module."""
     transformer = load_flux_transformer(config.model.flux, dtype=base_dtype)
     add_lora(transformer, config)
@@ -142,8 +158,10 @@ def load_trainable(module: nn.Module, path: Path) -> None:
     expected = {name for name, p in params.items() if p.requires_grad}
     missing = sorted(expected - set(state))
     if missing:
-        raise DLAInputError(f"Checkpoint '{path}' lacks {len(missing)} trainable weights (e.g. {missing[0]}): "
-                            "it was written with another LoRA/DLA setup. Use the matching config.")
+        raise DLAInputError(
+            f"Checkpoint '{path}' lacks {len(missing)} trainable weights (e.g. {missing[0]}): "
+            "it was written with another LoRA/DLA setup. Use the matching config."
+        )
     with torch.no_grad():
         for name in expected:
             params[name].copy_(state[name].to(params[name].dtype))

@@ -20,6 +20,7 @@ same fingerprint) are skipped; shards are written to a temporary name and rename
 run leaves no half shard. **Shardable**: process ``rank`` of ``world`` does shards
 ``rank, rank + world, ...`` (rank/world from ``accelerate launch`` or ``--rank/--world-size``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,8 @@ from .config import DLATrainingConfig, require_paths
 from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name
 
 CACHE_VERSION = 1
+
+
 def num_shards(num_samples: int, shard_size: int) -> int:
     return (num_samples + shard_size - 1) // shard_size
 
@@ -94,7 +97,9 @@ def target_pixels(path: str, resolution: int) -> torch.Tensor:
         image = image.convert("RGB")
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.BICUBIC)
+        image = image.crop((left, top, left + side, top + side)).resize(
+            (resolution, resolution), Image.Resampling.BICUBIC
+        )
         return _to_tensor(image)
 
 
@@ -156,7 +161,9 @@ def _encode_record(record: ManifestRecord, mllm, vae, config: DLATrainingConfig)
     valid = int(features.attention_mask[0].sum())
     # Right-padded: the first `valid` positions are the sample's tokens.
     tensors = {
-        "hidden_states": features.hidden_states[0, :, :valid].to("cpu", cache_dtype).contiguous(),  # [layers, tokens, width]
+        "hidden_states": features.hidden_states[0, :, :valid]
+        .to("cpu", cache_dtype)
+        .contiguous(),  # [layers, tokens, width]
         "image_mask": features.image_mask[0, :valid].bool().cpu().contiguous(),
         "text_mask": features.text_mask[0, :valid].bool().cpu().contiguous(),
         "target": encode_latent(vae, target_pixels(record.target, d.resolution)),
@@ -240,20 +247,34 @@ def prepare_cache(
         mllm = load_mllm(config.model.mllm, dtype=getattr(torch, config.model.mllm_dtype), device=device)
         vae = load_flux_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()
         size = config.data.shard_size
-        bar = tqdm(total=sum(min(size, len(records) - s * size) for s in todo), desc=f"prepare [rank {rank}]",
-                   disable=not progress, unit="sample")
+        bar = tqdm(
+            total=sum(min(size, len(records) - s * size) for s in todo),
+            desc=f"prepare [rank {rank}]",
+            disable=not progress,
+            unit="sample",
+        )
         for shard in todo:
             tensors: dict[str, torch.Tensor] = {}
             samples = []
             feature_meta: dict = {}
-            for record in records[shard * size:(shard + 1) * size]:
+            for record in records[shard * size : (shard + 1) * size]:
                 sample, feature_meta = _encode_record(record, mllm, vae, config)
                 for key, value in sample.items():
                     tensors[f"{record.index}.{key}"] = value
-                samples.append({"index": record.index, "id": record.id, "prompt": record.prompt,
-                                "num_references": len(record.references)})
+                samples.append(
+                    {
+                        "index": record.index,
+                        "id": record.id,
+                        "prompt": record.prompt,
+                        "num_references": len(record.references),
+                    }
+                )
                 bar.update(1)
-            metadata = {"fingerprint": fingerprint, "samples": json.dumps(samples), "features": json.dumps(feature_meta)}
+            metadata = {
+                "fingerprint": fingerprint,
+                "samples": json.dumps(samples),
+                "features": json.dumps(feature_meta),
+            }
             final = cache_dir / shard_name(shard)
             tmp = cache_dir / f".{shard_name(shard)}.{os.getpid()}.tmp"
             save_file(tensors, str(tmp), metadata=metadata)

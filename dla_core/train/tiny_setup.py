@@ -7,6 +7,7 @@ writes ``mllm/`` (tiny InternVL), ``flux/`` + ``vae/`` (tiny diffusers FLUX tran
 ``configs/train_tiny.yaml`` points at. The last example has two references of another shape,
 so stage-2 batches mix reference layouts.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,9 @@ def build_tiny_training_world(folder: str | Path, num_samples: int = 4, seed: in
         if i == num_samples - 1:
             Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(root / "ref_tall.png")
             refs = [f"ref{i}.png", "ref_tall.png"]
-        lines.append(json.dumps({"reference": refs, "prompt": f"subject {i} in a new scene", "target": f"target{i}.png"}))
+        lines.append(
+            json.dumps({"reference": refs, "prompt": f"subject {i} in a new scene", "target": f"target{i}.png"})
+        )
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return root
 

@@ -30,6 +30,7 @@ all per-step randomness comes from :class:`TrainRNG`, whose state accelerate che
 the optimizer, scheduler and global RNG states, so a resumed run reproduces the losses of an
 uninterrupted one. Checkpoints hold only the trainable weights (DLA + LoRA), not the frozen base.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,10 +73,33 @@ from .module import (
 LOSS_CSV = "loss.csv"
 
 __all__ = [  # the module's own API plus the names of .module it re-exports for callers of the trainer
-    "BOTH_OFF", "CHECKPOINT_DIR", "CHECKPOINT_PREFIX", "IDENTITY_OFF", "KEEP_BOTH", "LOSS_CSV", "MLLM_OFF",
-    "TRAINABLE_FILE", "DLAFluxTrainModule", "StepInputs", "StreamSampler", "TrainRNG", "TrainResult",
-    "TrainingProgress", "TrainingRun", "add_lora", "build_module", "list_checkpoints", "load_trainable", "preflight",
-    "resolve_resume", "sample_events", "sample_sigmas", "setup_training", "train", "train_step", "trainable_state_dict",
+    "BOTH_OFF",
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_PREFIX",
+    "IDENTITY_OFF",
+    "KEEP_BOTH",
+    "LOSS_CSV",
+    "MLLM_OFF",
+    "TRAINABLE_FILE",
+    "DLAFluxTrainModule",
+    "StepInputs",
+    "StreamSampler",
+    "TrainRNG",
+    "TrainResult",
+    "TrainingProgress",
+    "TrainingRun",
+    "add_lora",
+    "build_module",
+    "list_checkpoints",
+    "load_trainable",
+    "preflight",
+    "resolve_resume",
+    "sample_events",
+    "sample_sigmas",
+    "setup_training",
+    "train",
+    "train_step",
+    "trainable_state_dict",
 ]
 
 # ----------------------------------------------------------------------------- reproducible state
@@ -112,7 +136,9 @@ class StreamSampler(torch.utils.data.Sampler):
     of ``world`` takes every ``world``-th index. Starts at micro-batch ``start_batch`` so a resumed
     run continues exactly where the checkpoint stopped (no batches are skipped or repeated)."""
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_batch: int = 0):
+    def __init__(
+        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_batch: int = 0
+    ):
         super().__init__()
         self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
         self.rank, self.world, self.start_batch = rank, world, start_batch
@@ -141,7 +167,9 @@ class StepInputs:
     events: torch.Tensor  # [batch] long, KEEP_BOTH / MLLM_OFF / IDENTITY_OFF / BOTH_OFF
 
 
-def sample_sigmas(config: DLATrainingConfig, batch_size: int, image_tokens: int, generator: torch.Generator) -> torch.Tensor:
+def sample_sigmas(
+    config: DLATrainingConfig, batch_size: int, image_tokens: int, generator: torch.Generator
+) -> torch.Tensor:
     """Flow times in (0, 1) per the config (see module docstring)."""
     from diffusers.training_utils import compute_density_for_timestep_sampling
 
@@ -199,21 +227,32 @@ def preflight(config: DLATrainingConfig):
     dla_config = read_dla_config(config.model.init_dla)
     meta = dataset.feature_meta
     spec = MLLMSpec(meta["family"], int(meta["num_layers"]), int(meta["width"]), meta.get("model_name", ""))
-    if (spec.family, spec.num_layers, spec.width) != (dla_config.mllm_family, dla_config.num_layers, dla_config.mllm_width):
+    if (spec.family, spec.num_layers, spec.width) != (
+        dla_config.mllm_family,
+        dla_config.num_layers,
+        dla_config.mllm_width,
+    ):
         raise DLAInputError(
-            f"The init DLA '{config.model.init_dla}' expects {dla_config.mllm_spec().describe()}, but the cache was prepared with "
+            f"The init DLA '{config.model.init_dla}' expects {dla_config.mllm_spec().describe()}, but the cache was "
+            "prepared with "
             f"{spec.describe()}. Run `python -m dla_core init-dla` for the MLLM you prepared with, or prepare again."
         )
     missing = [layer for layer in dla_config.used_layers if layer not in meta["layer_indices"]]
     if missing:
         raise DLAInputError(
-            f"The DLA reads MLLM layers {missing} that the cache does not hold (data.mllm_layers). Prepare again with all layers."
+            f"The DLA reads MLLM layers {missing} that the cache does not hold (data.mllm_layers). Prepare again with "
+            "all layers."
         )
     flux_path = Path(config.model.flux)
-    config_file = next((p for p in (flux_path / "transformer" / "config.json", flux_path / "config.json") if p.is_file()), None)
+    config_file = next(
+        (p for p in (flux_path / "transformer" / "config.json", flux_path / "config.json") if p.is_file()), None
+    )
     if config_file is not None:
         flux_config = _read_json(config_file)
-        if flux_config.get("joint_attention_dim") != dla_config.context_width or flux_config.get("pooled_projection_dim") != dla_config.pooled_width:
+        if (
+            flux_config.get("joint_attention_dim") != dla_config.context_width
+            or flux_config.get("pooled_projection_dim") != dla_config.pooled_width
+        ):
             raise DLAInputError(
                 f"The FLUX transformer takes context {flux_config.get('joint_attention_dim')} / pooled "
                 f"{flux_config.get('pooled_projection_dim')} but the DLA outputs {dla_config.context_width} / "
@@ -231,8 +270,10 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / TRAINABLE_FILE).is_file():
-        raise DLAInputError(f"'{resume}' is not a training checkpoint (no {TRAINABLE_FILE}). Use a folder under "
-                            f"{output_dir / CHECKPOINT_DIR} or 'latest'.")
+        raise DLAInputError(
+            f"'{resume}' is not a training checkpoint (no {TRAINABLE_FILE}). Use a folder under "
+            f"{output_dir / CHECKPOINT_DIR} or 'latest'."
+        )
     return path
 
 
@@ -288,11 +329,17 @@ def setup_training(
     params_dla = [p for p in module.dla.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": params_lora, "lr": t.lr_lora}, {"params": params_dla, "lr": t.lr_dla}],
-        betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, weight_decay=t.weight_decay,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_epsilon,
+        weight_decay=t.weight_decay,
     )
     # accelerate steps a prepared scheduler once per process per step (as in diffusers' scripts).
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=t.warmup_steps * accelerator.num_processes,
-                              num_training_steps=config.total_steps * accelerator.num_processes)
+    scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=t.warmup_steps * accelerator.num_processes,
+        num_training_steps=config.total_steps * accelerator.num_processes,
+    )
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     rng = TrainRNG(t.seed + accelerator.process_index)
     progress = TrainingProgress()
@@ -303,12 +350,36 @@ def setup_training(
     start_step = progress.step
     end_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
 
-    sampler = StreamSampler(len(dataset), t.batch_size, t.seed, accelerator.process_index, accelerator.num_processes,
-                            start_batch=start_step * t.gradient_accumulation_steps)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, collate_fn=collate_samples,
-                                         num_workers=t.num_workers, generator=torch.Generator().manual_seed(t.seed))
-    run = TrainingRun(config, accelerator, module, optimizer, scheduler, params_lora + params_dla, rng, progress,
-                      iter(loader), output_dir, start_step, end_step)
+    sampler = StreamSampler(
+        len(dataset),
+        t.batch_size,
+        t.seed,
+        accelerator.process_index,
+        accelerator.num_processes,
+        start_batch=start_step * t.gradient_accumulation_steps,
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        collate_fn=collate_samples,
+        num_workers=t.num_workers,
+        generator=torch.Generator().manual_seed(t.seed),
+    )
+    run = TrainingRun(
+        config,
+        accelerator,
+        module,
+        optimizer,
+        scheduler,
+        params_lora + params_dla,
+        rng,
+        progress,
+        iter(loader),
+        output_dir,
+        start_step,
+        end_step,
+    )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -379,8 +450,12 @@ def train(
     """
     run = setup_training(config, resume, stop_at_step)
     t, accelerator = config.train, run.accelerator
-    bar = tqdm(total=config.total_steps, initial=run.start_step, desc="train",
-               disable=not (t.progress_bar and accelerator.is_main_process))
+    bar = tqdm(
+        total=config.total_steps,
+        initial=run.start_step,
+        desc="train",
+        disable=not (t.progress_bar and accelerator.is_main_process),
+    )
     losses: list[float] = []
     started = time.perf_counter()
     run.module.train()

@@ -20,6 +20,7 @@ Reusable pieces (also for the HTTP-server and browser tests):
   built-in and custom nodes loaded by its own loader, and :class:`ComfyRunner` to queue
   API-format prompts through ``execution.PromptExecutor`` the way ``main.py`` does.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -269,7 +270,9 @@ def make_executor(execution, server, cache: str = "CLASSIC", cache_args: dict | 
 class ComfyRunner:
     """Queues API-format prompts through one ``PromptExecutor`` (validation first, as the server does)."""
 
-    def __init__(self, comfy_path: Path, base_dir: Path, modules: dict, cache: str = "CLASSIC", cache_args: dict | None = None):
+    def __init__(
+        self, comfy_path: Path, base_dir: Path, modules: dict, cache: str = "CLASSIC", cache_args: dict | None = None
+    ):
         self.comfy_path = comfy_path
         self.base_dir = base_dir
         self.execution = modules["execution"]
@@ -286,8 +289,12 @@ class ComfyRunner:
             return PromptResult(prompt_id, False, False, node_errors=node_errors, validation_error=error)
         self.executor.execute(prompt, prompt_id, {}, outputs)
         return PromptResult(
-            prompt_id, True, self.executor.success, node_errors=node_errors,
-            messages=list(self.executor.status_messages), history=self.executor.history_result,
+            prompt_id,
+            True,
+            self.executor.success,
+            node_errors=node_errors,
+            messages=list(self.executor.status_messages),
+            history=self.executor.history_result,
         )
 
     def output(self, node_id: str, index: int = 0):
@@ -315,6 +322,7 @@ def _start_comfy_in_process(comfy_path: Path, base_dir: Path) -> dict:
 
     utils.extra_config.load_extra_path_config(str(base_dir / "extra_model_paths.yaml"))
     import execution
+
     import nodes
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
@@ -380,15 +388,26 @@ def add_dla_pipeline(
 ) -> PipelineNodes:
     """Loaders + MLLM joint encode + DLA + VAE identity + empty latent (everything up to the sampler)."""
     unet = graph.add("UNETLoader", unet_name=TINY_FLUX, weight_dtype="default")
-    model = graph.add("LoraLoaderModelOnly", model=graph.out(unet), lora_name=TINY_LORA, strength_model=1.0) if lora else unet
+    model = (
+        graph.add("LoraLoaderModelOnly", model=graph.out(unet), lora_name=TINY_LORA, strength_model=1.0)
+        if lora
+        else unet
+    )
     vae = graph.add("VAELoader", vae_name=TINY_VAE)
     image = graph.add("LoadImage", image=reference)
     mllm = graph.add("DLAMLLMLoader", mllm_name=mllm_name, dtype="auto", device="default")
-    features = graph.add("DLAMLLMJointEncode", mllm=graph.out(mllm), prompt=prompt_text, image=graph.out(image), image_size=56)
+    features = graph.add(
+        "DLAMLLMJointEncode", mllm=graph.out(mllm), prompt=prompt_text, image=graph.out(image), image_size=56
+    )
     dla = graph.add("DLALoader", dla_name=dla_name)
     positive = graph.add("DLAAggregate", dla=graph.out(dla), mllm_features=graph.out(features), guidance=guidance)
     identity = graph.add(
-        "DLAVAEIdentityEncode", vae=graph.out(vae), image=graph.out(image), megapixels=0.0, upscale_small=False, placement=placement
+        "DLAVAEIdentityEncode",
+        vae=graph.out(vae),
+        image=graph.out(image),
+        megapixels=0.0,
+        upscale_small=False,
+        placement=placement,
     )
     latent = graph.add("EmptySD3LatentImage", width=size, height=size, batch_size=batch_size)
     return PipelineNodes(model, vae, image, mllm, features, dla, positive, identity, latent)
@@ -413,10 +432,22 @@ def staged_sampler():
 
 
 def add_staged_sampler(graph: Graph, nodes: PipelineNodes, **overrides) -> str:
-    """A DLAStagedKSampler wired to ``nodes`` (2 euler steps, tau 0.95/0.85, identity on); ``overrides`` replace inputs."""
+    """A DLAStagedKSampler wired to ``nodes`` (2 euler steps, tau 0.95/0.85, identity on).
+
+    ``overrides`` replace inputs.
+    """
     inputs = dict(
-        model=graph.out(nodes.model), positive=graph.out(nodes.positive), latent_image=graph.out(nodes.latent), seed=7,
-        steps=2, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, tau1=0.95, tau2=0.85,
+        model=graph.out(nodes.model),
+        positive=graph.out(nodes.positive),
+        latent_image=graph.out(nodes.latent),
+        seed=7,
+        steps=2,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        denoise=1.0,
+        tau1=0.95,
+        tau2=0.85,
         identity=graph.out(nodes.identity),
     )
     inputs.update(overrides)
@@ -435,6 +466,13 @@ def tiny_names():
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        flux=TINY_FLUX, vae=TINY_VAE, lora=TINY_LORA, mllm=TINY_MLLM, other_mllm=TINY_OTHER_MLLM, dla=TINY_DLA,
-        dla_other_mllm=TINY_DLA_OTHER_MLLM, dla_other_width=TINY_DLA_OTHER_WIDTH, reference=REFERENCE_IMAGE,
+        flux=TINY_FLUX,
+        vae=TINY_VAE,
+        lora=TINY_LORA,
+        mllm=TINY_MLLM,
+        other_mllm=TINY_OTHER_MLLM,
+        dla=TINY_DLA,
+        dla_other_mllm=TINY_DLA_OTHER_MLLM,
+        dla_other_width=TINY_DLA_OTHER_WIDTH,
+        reference=REFERENCE_IMAGE,
     )

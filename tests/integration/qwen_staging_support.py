@@ -1,4 +1,5 @@
 """Helpers for the Qwen-Image / staged-advanced integration tests (loaded by path, like server.py)."""
+
 from __future__ import annotations
 
 import importlib

@@ -115,24 +115,39 @@ class ComfyServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log_path, "w", encoding="utf-8")
         command = [
-            self.python, "main.py", "--cpu",
-            "--listen", "127.0.0.1", "--port", str(self.port),
-            "--base-directory", str(self.base_dir),
-            "--database-url", "sqlite:///:memory:",  # never write ComfyUI's own user/ folder
-            "--disable-auto-launch", "--disable-api-nodes",
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(self.base_dir),
+            "--database-url",
+            "sqlite:///:memory:",  # never write ComfyUI's own user/ folder
+            "--disable-auto-launch",
+            "--disable-api-nodes",
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         self._log_file.write("$ " + " ".join(command) + f"\n(cwd {self.comfyui})\n")
         self._log_file.flush()
         self.process = subprocess.Popen(
-            command, cwd=self.comfyui, env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            command,
+            cwd=self.comfyui,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=_default_sigint,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"ComfyUI exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
+                raise ServerError(
+                    f"ComfyUI exited with code {self.process.returncode} while starting:\n{self.log_tail()}"
+                )
             try:
                 status, _ = self.request("GET", "/system_stats", timeout=2)
                 if status == 200:
@@ -170,8 +185,9 @@ class ComfyServer:
     def request(self, method: str, path: str, body: object | None = None, timeout: float = 120.0) -> tuple[int, object]:
         """One HTTP request; returns (status, parsed JSON or raw bytes). HTTP errors are returned, not raised."""
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"} if data else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 status, payload = response.status, response.read()
@@ -352,11 +368,15 @@ if __name__ == "__main__":  # serve by hand: python tests/integration/server.py 
     else:
         import importlib.util
 
-        spec = importlib.util.spec_from_file_location("dla_integration_conftest", Path(__file__).with_name("conftest.py"))
+        spec = importlib.util.spec_from_file_location(
+            "dla_integration_conftest", Path(__file__).with_name("conftest.py")
+        )
         harness = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = harness  # its dataclasses look their module up
         spec.loader.exec_module(harness)
-        tiny = harness.build_tiny_models_tree(Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), harness.tiny_flux_width(comfyui))
+        tiny = harness.build_tiny_models_tree(
+            Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), harness.tiny_flux_width(comfyui)
+        )
     server = acquire_server(comfyui, tiny)
     print(f"ComfyUI with the pack on {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
     try:

@@ -5,6 +5,7 @@ defaults to RAM-pressure eviction (``--cache-ram [GB]``); the MLLM and DLA outpu
 ``ModelPatcher`` (``.patcher``), which that cache treats as a model. Each mode gets a fresh
 executor built the way ``main.py`` builds it.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,12 +16,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def _cache_modes(execution) -> list[tuple[str, str, dict]]:
     names = {member.name for member in execution.CacheType}
     if "RAM_PRESSURE" in names:  # newer ComfyUI: default (main.py's headroom) and an explicit --cache-ram 4
-        return [("default (RAM pressure)", "RAM_PRESSURE", {"ram": 2.4, "ram_inactive": 24.0}),
-                ("--cache-ram 4", "RAM_PRESSURE", {"ram": 4.0, "ram_inactive": 24.0})]
+        return [
+            ("default (RAM pressure)", "RAM_PRESSURE", {"ram": 2.4, "ram_inactive": 24.0}),
+            ("--cache-ram 4", "RAM_PRESSURE", {"ram": 4.0, "ram_inactive": 24.0}),
+        ]
     return [("default (classic)", "CLASSIC", {}), ("--cache-lru 10", "LRU", {"lru": 10})]
 
 
-def test_requeue_with_a_new_seed_runs_no_mllm_forward_in_every_cache_mode(comfy, new_graph, dla_pipeline, staged_sampler):
+def test_requeue_with_a_new_seed_runs_no_mllm_forward_in_every_cache_mode(
+    comfy, new_graph, dla_pipeline, staged_sampler
+):
     runner_class = type(comfy)  # the harness's ComfyRunner (importing conftest by name is ambiguous)
     modes = _cache_modes(comfy.execution)
     assert len(modes) == 2

@@ -6,6 +6,7 @@ references, whatever text produced them. With references in two stages of differ
 keys/values, so the staged samplers refuse the combination with a message. With references in one
 stage only (tau2 = 0) the cache is consistent and sampling runs. ComfyUI 0.3.64 has no such node.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -24,8 +25,12 @@ def _pack(submodule: str):
 
 def _conditionings():
     generator = torch.Generator().manual_seed(0)
-    text = [[torch.randn(1, 4, 4096, generator=generator) * 0.5,
-             {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 2.5}]]
+    text = [
+        [
+            torch.randn(1, 4, 4096, generator=generator) * 0.5,
+            {"pooled_output": torch.randn(1, 768, generator=generator), "guidance": 2.5},
+        ]
+    ]
     reference = torch.randn(1, 16, 4, 4, generator=generator)
     with_refs = [[text[0][0], {**text[0][1], "reference_latents": [reference], "reference_latents_method": "index"}]]
     refs_only = [[torch.zeros_like(text[0][0]), dict(with_refs[0][1])]]
@@ -45,9 +50,13 @@ def flux(comfy, tiny_models_dir, tiny_names):
 def _run(model, tau1: float, tau2: float):
     text, with_refs, refs_only = _conditionings()
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
-    return _pack("nodes.staged_advanced").DLAStagedKSamplerAdvanced.execute(
-        model, text, latent, tau1=tau1, tau2=tau2, positive_stage2=with_refs, positive_stage3=refs_only, **COMMON
-    ).result[0]["samples"]
+    return (
+        _pack("nodes.staged_advanced")
+        .DLAStagedKSamplerAdvanced.execute(
+            model, text, latent, tau1=tau1, tau2=tau2, positive_stage2=with_refs, positive_stage3=refs_only, **COMMON
+        )
+        .result[0]["samples"]
+    )
 
 
 def test_kv_cache_with_references_in_two_stages_is_refused_with_a_fix(comfy, flux):

@@ -3,6 +3,7 @@
 The bench runs once per session in a subprocess (it starts its own ComfyUI in its process, with
 its own arguments); the tests read the JSON it writes and the table it prints.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,24 @@ def _positive(value) -> bool:
 
 
 def test_help_needs_no_comfyui_and_no_gpu():
-    completed = subprocess.run([sys.executable, str(BENCH), "--help"], capture_output=True, text=True, timeout=120,
-                               env={**os.environ, "COMFYUI_PATH": "/nonexistent"})
+    completed = subprocess.run(
+        [sys.executable, str(BENCH), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COMFYUI_PATH": "/nonexistent"},
+    )
     assert completed.returncode == 0, completed.stderr
     assert "--tiny" in completed.stdout and "--comfyui" in completed.stdout
 
 
 def test_real_sizes_on_a_cpu_are_refused_with_the_fix(comfyui_path):
-    completed = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--comfyui", str(comfyui_path)],
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, str(BENCH), "--device", "cpu", "--comfyui", str(comfyui_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode != 0
     assert "--tiny" in completed.stderr
 
@@ -102,8 +112,10 @@ def test_every_output_of_the_tiny_models_is_finite(bench_run):
 def test_every_ratio_is_finite_and_positive(bench_run):
     ratios = bench_run[0]["ratios"]
     assert set(ratios) == {
-        "capture_vs_forward_backbone", "capture_vs_forward_call",
-        "staged_vs_reference_every_step", "staged_tau0_vs_native",
+        "capture_vs_forward_backbone",
+        "capture_vs_forward_call",
+        "staged_vs_reference_every_step",
+        "staged_tau0_vs_native",
     }
     assert all(_positive(value) for value in ratios.values()), ratios
     assert set(bench_run[0]["goals_met"]) == set(bench_run[0]["goals"])
@@ -136,6 +148,13 @@ def test_one_table_with_every_row_is_printed(bench_run):
     stdout = bench_run[1]
     header = [line for line in stdout.splitlines() if line.startswith("measurement")]
     assert len(header) == 1
-    for label in ("MLLM encode_joint", "DLA weighted bf16", "FLUX staged tau 0/0", "FLUX native, reference every step",
-                  "FLUX staged tau .95/.85", "pipeline end to end, cold", "simulated 24 GB card"):
+    for label in (
+        "MLLM encode_joint",
+        "DLA weighted bf16",
+        "FLUX staged tau 0/0",
+        "FLUX native, reference every step",
+        "FLUX staged tau .95/.85",
+        "pipeline end to end, cold",
+        "simulated 24 GB card",
+    ):
         assert label in stdout, label

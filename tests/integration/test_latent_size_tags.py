@@ -7,6 +7,7 @@ staged samplers must do the same and stay bit-identical to the native KSampler w
 step falls in one stage, for FLUX.1, Qwen-Image and FLUX.2 latents. ComfyUI 0.3.64 has neither
 tags nor FLUX.2: there a tag written by a newer node must be ignored as its KSampler ignores it.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,10 +41,14 @@ def models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("latent-tag-models")
     out = {
-        "flux1": (comfy.sd.load_diffusion_model(str(tiny_models_dir / "diffusion_models" / tiny_names.flux)),
-                  [[_random(1, 4, 4096, seed=1), {"pooled_output": _random(1, 768, seed=2), "guidance": 2.5}]]),
-        "qwen_image": (comfy.sd.load_diffusion_model(str(build_tiny_qwen_image_dit(root / "qwen.safetensors", seed=0))),
-                       [[_random(1, 6, 3584, seed=3), {}]]),
+        "flux1": (
+            comfy.sd.load_diffusion_model(str(tiny_models_dir / "diffusion_models" / tiny_names.flux)),
+            [[_random(1, 4, 4096, seed=1), {"pooled_output": _random(1, 768, seed=2), "guidance": 2.5}]],
+        ),
+        "qwen_image": (
+            comfy.sd.load_diffusion_model(str(build_tiny_qwen_image_dit(root / "qwen.safetensors", seed=0))),
+            [[_random(1, 6, 3584, seed=3), {}]],
+        ),
     }
     if comfy_has_flux2():
         flux2 = comfy.sd.load_diffusion_model(str(build_tiny_flux2(root / "flux2.safetensors", seed=0)))
@@ -70,10 +75,13 @@ def _native(model, positive, latent) -> dict:
 
 def _staged_both(model, positive, latent) -> list[dict]:
     """Staged KSampler and Staged KSampler (Advanced) with every step in stage 1 (tau 0/0)."""
-    common = dict(seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, tau1=0.0, tau2=0.0)
+    common = dict(
+        seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, tau1=0.0, tau2=0.0
+    )
     staged = _pack("nodes.sampler_nodes").DLAStagedKSampler.execute(model, positive, latent, **common).result[0]
-    advanced = _pack("nodes.staged_advanced").DLAStagedKSamplerAdvanced.execute(
-        model, positive, latent, **common).result[0]
+    advanced = (
+        _pack("nodes.staged_advanced").DLAStagedKSamplerAdvanced.execute(model, positive, latent, **common).result[0]
+    )
     return [staged, advanced]
 
 

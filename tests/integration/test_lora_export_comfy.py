@@ -8,6 +8,7 @@ loaded (a) by ComfyUI (``comfy.sd.load_diffusion_model``, float32) and (b) as a 
 ``LoraLoaderModelOnly`` calls). Both models then see the same latent, sigma, context, pooled
 vector and guidance.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -56,7 +57,10 @@ def _comfy_velocity(patcher, inputs) -> torch.Tensor:
     model = patcher.model.diffusion_model
     with torch.no_grad():
         return model(
-            inputs["latents"], inputs["sigma"], inputs["context"], y=inputs["pooled"],
+            inputs["latents"],
+            inputs["sigma"],
+            inputs["context"],
+            y=inputs["pooled"],
             guidance=torch.tensor([inputs["guidance"]]),
         ).float()
 
@@ -65,8 +69,14 @@ def _diffusers_velocity(transformer, inputs) -> torch.Tensor:
     from dla_core.flux.references import flux_forward
 
     with torch.no_grad():
-        return flux_forward(transformer, inputs["latents"], inputs["sigma"], inputs["context"], inputs["pooled"],
-                            guidance=inputs["guidance"]).float()
+        return flux_forward(
+            transformer,
+            inputs["latents"],
+            inputs["sigma"],
+            inputs["context"],
+            inputs["pooled"],
+            guidance=inputs["guidance"],
+        ).float()
 
 
 def test_exported_lora_changes_comfyui_flux_exactly_like_diffusers(lora_setup):
@@ -89,9 +99,10 @@ def test_exported_lora_changes_comfyui_flux_exactly_like_diffusers(lora_setup):
     diffusers_lora = _diffusers_velocity(transformer, inputs)
 
     change = (diffusers_lora - diffusers_base).abs().max().item()
-    print(f"LoRA change of the velocity: {change:.3g}; ComfyUI vs diffusers with LoRA: "
-          f"{(comfy_lora - diffusers_lora).abs().max().item():.3g}")
+    print(
+        f"LoRA change of the velocity: {change:.3g}; ComfyUI vs diffusers with LoRA: "
+        f"{(comfy_lora - diffusers_lora).abs().max().item():.3g}"
+    )
     assert change > 100 * ATOL  # the LoRA really changes the output
     torch.testing.assert_close(comfy_base, diffusers_base, atol=ATOL, rtol=1e-4)
     torch.testing.assert_close(comfy_lora - comfy_base, diffusers_lora - diffusers_base, atol=ATOL, rtol=1e-3)
-

@@ -6,6 +6,7 @@ cast on the fly, so a Hugging Face model would end up split across devices. The 
 loads and unloads whole. On this CPU machine load and offload device are the same, so the split is
 observed through ComfyUI's own bookkeeping (``model_loaded_weight_memory``, ``model_lowvram``).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,9 @@ def _managed():
 
 def _module() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 64), torch.nn.LayerNorm(64)
+    )
 
 
 def test_a_low_memory_load_still_loads_the_whole_model(comfy):
@@ -47,10 +50,16 @@ def test_memory_pressure_unloads_whole_never_part(comfy):
     assert patcher.model.model_loaded_weight_memory == patcher.model_size()
 
 
-@pytest.mark.parametrize("state,policy,expected", [
-    ("NORMAL_VRAM", "default", "cuda"), ("LOW_VRAM", "default", "cpu"), ("NO_VRAM", "default", "cpu"),
-    ("LOW_VRAM", "gpu", "cuda"), ("NORMAL_VRAM", "cpu", "cpu"),
-])
+@pytest.mark.parametrize(
+    "state,policy,expected",
+    [
+        ("NORMAL_VRAM", "default", "cuda"),
+        ("LOW_VRAM", "default", "cpu"),
+        ("NO_VRAM", "default", "cpu"),
+        ("LOW_VRAM", "gpu", "cuda"),
+        ("NORMAL_VRAM", "cpu", "cpu"),
+    ],
+)
 def test_device_policy_respects_lowvram(comfy, monkeypatch, state, policy, expected):
     """Simulated GPU machine: --lowvram/--novram keep the big HF models on the CPU unless 'gpu' is picked."""
     import comfy.model_management as mm

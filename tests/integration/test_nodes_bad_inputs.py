@@ -1,4 +1,5 @@
 """Bad input gives a node error that says what to do, and the next prompt still runs."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,7 +45,9 @@ def _rejected_at(result, node_id):
     return result.error_text
 
 
-def test_dla_for_another_mllm_family_says_to_load_the_matching_dla(comfy, encode_graph, tiny_names, then_next_prompt_runs):
+def test_dla_for_another_mllm_family_says_to_load_the_matching_dla(
+    comfy, encode_graph, tiny_names, then_next_prompt_runs
+):
     graph, nodes = encode_graph(dla_name=tiny_names.dla_other_mllm)
     message = _failed_at(comfy.run(graph.prompt), nodes.positive)
     assert "qwen2_5_vl" in message and "internvl" in message
@@ -76,7 +79,9 @@ def test_reference_with_alpha_asks_to_composite_it(comfy, encode_graph, then_nex
     then_next_prompt_runs()
 
 
-def test_tau1_below_tau2_is_rejected_before_running(comfy, new_graph, dla_pipeline, staged_sampler, then_next_prompt_runs):
+def test_tau1_below_tau2_is_rejected_before_running(
+    comfy, new_graph, dla_pipeline, staged_sampler, then_next_prompt_runs
+):
     graph = new_graph()
     nodes = dla_pipeline(graph)
     sampler = staged_sampler(graph, nodes, tau1=0.5, tau2=0.8)

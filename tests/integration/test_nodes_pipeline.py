@@ -1,4 +1,5 @@
 """The paper's pipeline as a ComfyUI graph, run by ComfyUI's executor on tiny models."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The pack loads through ComfyUI's own custom-node loader and documents itself."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,7 +45,11 @@ def test_every_input_and_output_has_a_tooltip(comfy):
 
 def test_mllm_dropdown_lists_folders_by_name(comfy):
     info = comfy.nodes.NODE_CLASS_MAPPINGS["DLAMLLMLoader"].GET_NODE_INFO_V1()
-    options = info["input"]["required"]["mllm_name"][1]["options"] if isinstance(info["input"]["required"]["mllm_name"][0], str) else info["input"]["required"]["mllm_name"][0]
+    options = (
+        info["input"]["required"]["mllm_name"][1]["options"]
+        if isinstance(info["input"]["required"]["mllm_name"][0], str)
+        else info["input"]["required"]["mllm_name"][0]
+    )
     assert {"tiny-internvl", "tiny-qwen25vl"} <= set(options)
 
 
@@ -64,6 +69,8 @@ def test_the_pack_registers_exactly_the_published_node_ids(comfy):
         node_id
         for node_id, cls in comfy.nodes.NODE_CLASS_MAPPINGS.items()
         # DLATest*: the test-only tiny text-encoder loaders of tests/integration/support, never shipped.
-        if node_id.startswith("DLA") and not node_id.startswith("DLATest") and getattr(cls, "RELATIVE_PYTHON_MODULE", "").startswith("custom_nodes.")
+        if node_id.startswith("DLA")
+        and not node_id.startswith("DLATest")
+        and getattr(cls, "RELATIVE_PYTHON_MODULE", "").startswith("custom_nodes.")
     }
     assert pack_ids == set(NODE_IDS)

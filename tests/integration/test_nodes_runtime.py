@@ -1,4 +1,5 @@
 """ComfyUI runtime behaviour: caching, model management, batches."""
+
 from __future__ import annotations
 
 import pytest

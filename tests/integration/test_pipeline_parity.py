@@ -26,6 +26,7 @@ remains is float32 rounding in differently ordered attention / RoPE / modulation
 Memory: two float32 copies of the 1+1-block, 3072-wide FLUX (ComfyUI's and the pipeline's)
 plus the LoRA-patched one, about 6 GB peak RSS; about 5 minutes on 2 busy CPU cores.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -53,10 +54,22 @@ def comfy_staged_latents(comfy, graph, dla_pipeline, lora: bool) -> torch.Tensor
     key = ("comfy", lora)
     if key not in _CACHE:
         nodes = dla_pipeline(graph, prompt_text=PROMPT, size=SIZE, guidance=GUIDANCE, lora=lora, placement="offset")
-        shifted = graph.add("ModelSamplingFlux", model=graph.out(nodes.model), max_shift=1.15, base_shift=0.5, width=SIZE, height=SIZE)
+        shifted = graph.add(
+            "ModelSamplingFlux", model=graph.out(nodes.model), max_shift=1.15, base_shift=0.5, width=SIZE, height=SIZE
+        )
         sampler = graph.add(
-            "DLAStagedKSampler", model=graph.out(shifted), positive=graph.out(nodes.positive), latent_image=graph.out(nodes.latent),
-            seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, tau1=TAU1, tau2=TAU2,
+            "DLAStagedKSampler",
+            model=graph.out(shifted),
+            positive=graph.out(nodes.positive),
+            latent_image=graph.out(nodes.latent),
+            seed=SEED,
+            steps=STEPS,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="simple",
+            denoise=1.0,
+            tau1=TAU1,
+            tau2=TAU2,
             identity=graph.out(nodes.identity),
         )
         graph.add("SaveLatent", samples=graph.out(sampler), filename_prefix="latents/dla_parity")  # an output node
@@ -92,9 +105,18 @@ def pipeline_run(comfy, models, lora: bool):
     _CACHE[key] = pipe(
         PROMPT,
         reference,
-        height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=GUIDANCE, tau1=TAU1, tau2=TAU2, seed=SEED,
-        reference_method="offset", reference_megapixels=0.0, mllm_image_size=MLLM_IMAGE_SIZE,
-        output_type="latent", progress=False,
+        height=SIZE,
+        width=SIZE,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        tau1=TAU1,
+        tau2=TAU2,
+        seed=SEED,
+        reference_method="offset",
+        reference_megapixels=0.0,
+        mllm_image_size=MLLM_IMAGE_SIZE,
+        output_type="latent",
+        progress=False,
     )
     return _CACHE[key]
 
@@ -126,7 +148,9 @@ def test_parity_is_not_trivial(pipeline_output, comfy_latents):
     assert (comfy_latents - noise).abs().max() > 100 * PARITY_ATOL  # the model moved the latent far from the noise
 
 
-def test_comfyui_format_lora_gives_the_same_latents_as_lora_loader_model_only(comfy, graph, dla_pipeline, tiny_models_dir):
+def test_comfyui_format_lora_gives_the_same_latents_as_lora_loader_model_only(
+    comfy, graph, dla_pipeline, tiny_models_dir
+):
     ours = pipeline_run(comfy, tiny_models_dir, lora=True).latents
     theirs = comfy_staged_latents(comfy, graph, dla_pipeline, lora=True)
     difference = (ours - theirs).abs().max().item()

@@ -5,6 +5,7 @@ qwen_image). ComfyUI fixes the 7B config for that type, so the tests pass ComfyU
 ``qwen25_7b_model_config`` model option to shrink the language model; the vision tower is
 ComfyUI's full-size one (see tests/lib/dla_tiny/qwen_image.py).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,8 @@ def _load_clip(path, clip_type: str = "QWEN_IMAGE", **config):
     import comfy.sd
 
     return comfy.sd.load_clip(
-        [str(path)], clip_type=getattr(comfy.sd.CLIPType, clip_type),
+        [str(path)],
+        clip_type=getattr(comfy.sd.CLIPType, clip_type),
         model_options={COMFY_TE_MODEL_OPTIONS_KEY: {**TINY_TE_CONFIG, **config}},
     )
 
@@ -59,8 +61,12 @@ def qwen_clip(comfy, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def qwen_clip_text_only_fp8(comfy, tmp_path_factory):
-    path = build_tiny_qwen25vl_te(tmp_path_factory.mktemp("qwen-te-fp8") / "qwen_2.5_vl_tiny_fp8_scaled.safetensors",
-                                  seed=1, fp8_scaled=True, vision=False)
+    path = build_tiny_qwen25vl_te(
+        tmp_path_factory.mktemp("qwen-te-fp8") / "qwen_2.5_vl_tiny_fp8_scaled.safetensors",
+        seed=1,
+        fp8_scaled=True,
+        vision=False,
+    )
     return path, _load_clip(path)
 
 
@@ -124,7 +130,7 @@ def test_feature_masks_mark_each_reference_span_as_image_and_the_rest_as_text(tw
     image = features.image_mask[0]
     assert int(image.sum()) == sum(expected)
     for start, size in spans:
-        assert image[start:start + size].all()
+        assert image[start : start + size].all()
     assert torch.equal(features.text_mask, ~features.image_mask)
     assert features.attention_mask.all()
 
@@ -137,8 +143,15 @@ def test_identity_dla_reproduces_native_qwen_image_conditioning(two_reference_ru
     assert "sequence" in dla_module.FUSE_MODES
     native, _, features = two_reference_run
     spec = MLLMSpec(family=features.family, num_layers=features.num_layers, width=features.width, name="tiny")
-    module = init_dla(spec, target="qwen_image", init="identity", identity_layer=-1, fuse="sequence",
-                      context_width=features.width, lap_pool="weighted")
+    module = init_dla(
+        spec,
+        target="qwen_image",
+        init="identity",
+        identity_layer=-1,
+        fuse="sequence",
+        context_width=features.width,
+        lap_pool="weighted",
+    )
     with torch.no_grad():
         output = module(features)
     assert output.pooled is None and output.token_mask.all()
@@ -159,8 +172,15 @@ def test_dla_aggregate_node_with_identity_dla_emits_native_qwen_image_conditioni
 
     native, _, features = two_reference_run
     spec = MLLMSpec(family=features.family, num_layers=features.num_layers, width=features.width, name="tiny")
-    module = init_dla(spec, target="qwen_image", init="identity", identity_layer=-1, fuse="sequence",
-                      context_width=features.width, lap_pool="weighted")
+    module = init_dla(
+        spec,
+        target="qwen_image",
+        init="identity",
+        identity_layer=-1,
+        fuse="sequence",
+        context_width=features.width,
+        lap_pool="weighted",
+    )
     name = "tiny_identity_qwen_image.safetensors"
     save_dla(module, comfy.base_dir / "extra_dla" / name)  # extra_model_paths.yaml's dla folder
     handle = dla_nodes.DLALoader.execute(name).result[0]
@@ -226,7 +246,8 @@ def test_qwen25vl_without_vision_tower_gives_a_clear_error(pack, input_error, qw
 
 def test_clip_of_another_type_gives_a_clear_error(pack, input_error, qwen_clip_text_only_fp8):
     path, _ = qwen_clip_text_only_fp8
-    # HunyuanImage reads a layer 3 from the end: build one more layer than the tiny file holds (only the type matters here).
+    # HunyuanImage reads a layer 3 from the end: build one more layer than the tiny file holds
+    # (only the type matters here).
     hunyuan = _load_clip(path, "HUNYUAN_IMAGE", num_hidden_layers=TINY_TE_CONFIG["num_hidden_layers"] + 1)
     with pytest.raises(input_error, match="qwen_image"):
         pack.DLAQwenCLIPJointEncode.execute(hunyuan, PROMPT)
@@ -252,4 +273,4 @@ def test_comfy_internals_the_layer_capture_reads_are_where_expected(pack, qwen_c
     hidden = records[0]["hidden"]  # [1, layers, tokens, width]
     embedding = modules["transformer"].model.embed_tokens(ids, out_dtype=torch.float32)
     assert torch.equal(hidden[:, 0], embedding)
-    assert torch.equal(hidden[:, -1, -output["cond"].shape[1]:], output["cond"])
+    assert torch.equal(hidden[:, -1, -output["cond"].shape[1] :], output["cond"])

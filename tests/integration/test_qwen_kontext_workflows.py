@@ -23,6 +23,7 @@ Substitutions, the ONLY differences from the shipped files (``tiny_run_prompt``;
 H6's HTTP test (tests/integration/http) runs the other shipped workflows through the stock
 loaders; these four need the substitutions above, so they run here.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,7 +39,9 @@ import torch
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS_DIR = Path(os.environ.get("DLA_WORKFLOWS_DIR", REPO_ROOT / "workflows"))  # override: check graphs before they land
+WORKFLOWS_DIR = Path(
+    os.environ.get("DLA_WORKFLOWS_DIR", REPO_ROOT / "workflows")
+)  # override: check graphs before they land
 SUPPORT_NODES = Path(__file__).resolve().parent / "support" / "dla_test_tiny_loaders"
 QWEN_WORKFLOWS = ("qwen_image_edit_2509_staged", "qwen_image_edit_2509_compare")
 KONTEXT_WORKFLOWS = ("flux_kontext_staged", "flux_kontext_compare")
@@ -66,7 +69,10 @@ def load_api(name: str) -> dict:
 
 def tiny_run_prompt(api: dict) -> dict:
     """The shipped API prompt with the substitutions the module docstring lists, nothing else."""
-    prompt = {node_id: {"class_type": node["class_type"], "inputs": dict(node["inputs"])} for node_id, node in copy.deepcopy(api).items()}
+    prompt = {
+        node_id: {"class_type": node["class_type"], "inputs": dict(node["inputs"])}
+        for node_id, node in copy.deepcopy(api).items()
+    }
     for node in prompt.values():
         kind = node["class_type"]
         node["class_type"] = SUBSTITUTE_LOADERS.get(kind, kind)
@@ -92,16 +98,25 @@ def stand_ins(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     import folder_paths
 
     from dla_tiny.flux_text_encoders import build_tiny_clip_l, build_tiny_t5xxl
-    from dla_tiny.qwen_image import DIT_READY_TE_CONFIG, build_tiny_qwen25vl_te, build_tiny_qwen_image_dit, build_tiny_qwen_image_vae
+    from dla_tiny.qwen_image import (
+        DIT_READY_TE_CONFIG,
+        build_tiny_qwen25vl_te,
+        build_tiny_qwen_image_dit,
+        build_tiny_qwen_image_vae,
+    )
 
     root = tmp_path_factory.mktemp("qwen-kontext-models")
     build_tiny_qwen_image_dit(root / "diffusion_models" / "qwen_image_edit_2509_fp8_e4m3fn.safetensors", seed=0)
     # 3584 wide: the Qwen-Image DiT's text slot is fixed (the loaders build it with DIT_READY_TE_CONFIG too).
-    build_tiny_qwen25vl_te(root / "text_encoders" / "qwen_2.5_vl_7b_fp8_scaled.safetensors", seed=0, config=DIT_READY_TE_CONFIG)
+    build_tiny_qwen25vl_te(
+        root / "text_encoders" / "qwen_2.5_vl_7b_fp8_scaled.safetensors", seed=0, config=DIT_READY_TE_CONFIG
+    )
     build_tiny_qwen_image_vae(root / "vae" / "qwen_image_vae.safetensors", seed=0)
     build_tiny_clip_l(root / "text_encoders" / "clip_l.safetensors", seed=0)
     build_tiny_t5xxl(root / "text_encoders" / "t5xxl_fp8_e4m3fn_scaled.safetensors", seed=0)
-    (root / "diffusion_models" / "flux1-dev-kontext_fp8_scaled.safetensors").symlink_to(tiny_models_dir / "diffusion_models" / tiny_names.flux)
+    (root / "diffusion_models" / "flux1-dev-kontext_fp8_scaled.safetensors").symlink_to(
+        tiny_models_dir / "diffusion_models" / tiny_names.flux
+    )
     (root / "vae" / "ae.safetensors").symlink_to(tiny_models_dir / "vae" / tiny_names.vae)
     shutil.copyfile(comfy.base_dir / "input" / tiny_names.reference, comfy.base_dir / "input" / REFERENCE_IMAGE)
     registered = []
@@ -160,7 +175,11 @@ def test_tiny_run_changes_only_the_documented_inputs(name):
         if kind == "TextEncodeQwenImageEditPlus":
             allowed.add("vae")
         assert changed["class_type"] == SUBSTITUTE_LOADERS.get(kind, kind)
-        differing = {key for key in set(node["inputs"]) | set(changed["inputs"]) if node["inputs"].get(key) != changed["inputs"].get(key)}
+        differing = {
+            key
+            for key in set(node["inputs"]) | set(changed["inputs"])
+            if node["inputs"].get(key) != changed["inputs"].get(key)
+        }
         assert differing <= allowed, (node_id, kind, differing)
 
 

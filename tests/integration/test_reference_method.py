@@ -6,6 +6,7 @@ it. The node's default must therefore write nothing, so that sampling equals the
 ``ReferenceLatent`` node (which writes no method) on every ComfyUI; an explicit choice still
 overrides; ComfyUI 0.3.64, which lacks ``index_timestep_zero``, falls back to ``index`` with a message.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,9 @@ def qwen_2511(comfy, tmp_path_factory):
 
     from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
-    path = build_tiny_qwen_image_dit(tmp_path_factory.mktemp("qwen-2511") / "qwen_image_edit_2511_tiny.safetensors",
-                                     seed=0, index_timestep_zero=True)
+    path = build_tiny_qwen_image_dit(
+        tmp_path_factory.mktemp("qwen-2511") / "qwen_image_edit_2511_tiny.safetensors", seed=0, index_timestep_zero=True
+    )
     model = comfy.sd.load_diffusion_model(str(path))
     yield model
     import comfy.model_management
@@ -68,7 +70,9 @@ def _sample(model, positive) -> torch.Tensor:
 
     latent = {"samples": torch.zeros(1, 16, 1, 8, 8)}
     negative = [[torch.zeros(1, 6, 3584), {}]]
-    return comfy_nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, negative, latent)[0]["samples"]
+    return comfy_nodes.common_ksampler(model, SEED, STEPS, 1.0, "euler", "simple", positive, negative, latent)[0][
+        "samples"
+    ]
 
 
 def _frame() -> torch.Tensor:
@@ -86,12 +90,17 @@ def test_the_default_choice_writes_no_method(comfy, reference_vae):
 
 
 def test_default_samples_like_native_reference_latent_and_an_explicit_choice_overrides(comfy, qwen_2511, qwen_vae):
-    """With a 2511 model: the node's default == native ReferenceLatent; with index_timestep_zero known, 'index' differs."""
+    """With a 2511 model: the node's default == native ReferenceLatent.
+
+    With index_timestep_zero known, 'index' differs.
+    """
     from comfy_extras.nodes_edit_model import ReferenceLatent
 
     identity = _pack("nodes.qwen_identity")
     text = _text_conditioning()
-    ours = identity.DLAReferenceLatents.execute(text, qwen_vae, 32, identity.MODEL_OWN_METHOD, image1=_frame()).result[0]
+    ours = identity.DLAReferenceLatents.execute(text, qwen_vae, 32, identity.MODEL_OWN_METHOD, image1=_frame()).result[
+        0
+    ]
     latents = ours[0][1]["reference_latents"]
     assert len(latents) == 1 and latents[0].ndim == 5
     native = ReferenceLatent.execute(text, {"samples": latents[0]}).result[0]  # the native node writes no method

@@ -5,6 +5,7 @@ ComfyUI's own KSampler given that stage's conditioning. Stage conditionings foll
 Kontext recipe: stage 1 text only, stage 2 text + reference latents, stage 3 the reference
 latents with the text zeroed.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,41 @@ TAUS_FOR_STAGE = {1: (0.0, 0.0), 2: (1.0, 0.0), 3: (1.0, 1.0)}
 def _stage_graph(add_dla_pipeline, graph, stage: int, cfg: float):
     out = graph.out
     p = add_dla_pipeline(graph)
-    refs = graph.add("DLAReferenceLatents", conditioning=out(p.positive), vae=out(p.vae), vae_resolution=64,
-                     reference_latents_method="flux_kontext (offset)", vae_resolutions="", image1=out(p.image))
+    refs = graph.add(
+        "DLAReferenceLatents",
+        conditioning=out(p.positive),
+        vae=out(p.vae),
+        vae_resolution=64,
+        reference_latents_method="flux_kontext (offset)",
+        vae_resolutions="",
+        image1=out(p.image),
+    )
     zero_text = graph.add("ConditioningZeroOut", conditioning=out(refs))
     negative_plain = graph.add("ConditioningZeroOut", conditioning=out(p.positive))
     positives = {1: p.positive, 2: refs, 3: zero_text}
     negatives = {1: negative_plain, 2: zero_text, 3: zero_text}
     tau1, tau2 = TAUS_FOR_STAGE[stage]
-    common = dict(model=out(p.model), latent_image=out(p.latent), seed=SEED, steps=STEPS, cfg=cfg,
-                  sampler_name="euler", scheduler="simple", denoise=DENOISE)
+    common = dict(
+        model=out(p.model),
+        latent_image=out(p.latent),
+        seed=SEED,
+        steps=STEPS,
+        cfg=cfg,
+        sampler_name="euler",
+        scheduler="simple",
+        denoise=DENOISE,
+    )
     staged = graph.add(
-        "DLAStagedKSamplerAdvanced", positive_stage1=out(positives[1]), positive_stage2=out(positives[2]),
-        positive_stage3=out(positives[3]), negative_stage1=out(negatives[1]), negative_stage2=out(negatives[2]),
-        negative_stage3=out(negatives[3]), tau1=tau1, tau2=tau2, **common,
+        "DLAStagedKSamplerAdvanced",
+        positive_stage1=out(positives[1]),
+        positive_stage2=out(positives[2]),
+        positive_stage3=out(positives[3]),
+        negative_stage1=out(negatives[1]),
+        negative_stage2=out(negatives[2]),
+        negative_stage3=out(negatives[3]),
+        tau1=tau1,
+        tau2=tau2,
+        **common,
     )
     native = graph.add("KSampler", positive=out(positives[stage]), negative=out(negatives[stage]), **common)
     for sampler in (staged, native):
@@ -101,8 +124,15 @@ def _empty_conditioning() -> list:
 def test_five_references_each_get_a_latent_at_their_own_vae_resolution(tiny_vae):
     node = _reference_node()
     # image1 holds 3 frames, image2 2 more: five references, more than the native node's three.
-    out = node.execute(_empty_conditioning(), tiny_vae, 64, "flux_kontext (offset)", "64, 64, 64, 128",
-                       image1=_frames(3), image2=_frames(2)).result[0]
+    out = node.execute(
+        _empty_conditioning(),
+        tiny_vae,
+        64,
+        "flux_kontext (offset)",
+        "64, 64, 64, 128",
+        image1=_frames(3),
+        image2=_frames(2),
+    ).result[0]
     latents = out[0][1]["reference_latents"]
     assert len(latents) == 5
     # 48x32 scaled to ~side^2 pixels (sides multiple of 8), /8 by the VAE
@@ -115,7 +145,9 @@ def test_reference_latents_equal_the_vae_encoding_of_the_resized_reference(tiny_
 
     frame = _frames(1, 64, 64)
     out = _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index", image1=frame).result[0]
-    expected = tiny_vae.encode(comfy.utils.common_upscale(frame.movedim(-1, 1), 64, 64, "area", "disabled").movedim(1, -1))
+    expected = tiny_vae.encode(
+        comfy.utils.common_upscale(frame.movedim(-1, 1), 64, 64, "area", "disabled").movedim(1, -1)
+    )
     assert torch.equal(out[0][1]["reference_latents"][0], expected)
     assert out[0][1]["reference_latents_method"] == "index"
 

@@ -1,4 +1,5 @@
 """The staged schedule inside ComfyUI: stages per model call, mixed schedules, the GUIDER path."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,11 +20,24 @@ def test_mixed_schedule_differs_from_every_single_stage(comfy, graph, dla_pipeli
     mixed = staged_sampler(graph, nodes)  # tau 0.95 / 0.85: step 1 in stage 1, step 2 in stage 3
     singles = []
     for stage in ("1: MLLM only", "2: MLLM + identity", "3: identity only"):
-        conditioning = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage=stage, identity=graph.out(nodes.identity))
-        singles.append(graph.add(
-            "KSampler", model=graph.out(nodes.model), seed=7, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
-            positive=graph.out(conditioning), negative=graph.out(conditioning), latent_image=graph.out(nodes.latent), denoise=1.0,
-        ))
+        conditioning = graph.add(
+            "DLAStageConditioning", positive=graph.out(nodes.positive), stage=stage, identity=graph.out(nodes.identity)
+        )
+        singles.append(
+            graph.add(
+                "KSampler",
+                model=graph.out(nodes.model),
+                seed=7,
+                steps=2,
+                cfg=1.0,
+                sampler_name="euler",
+                scheduler="simple",
+                positive=graph.out(conditioning),
+                negative=graph.out(conditioning),
+                latent_image=graph.out(nodes.latent),
+                denoise=1.0,
+            )
+        )
     for node in [mixed, *singles]:
         _save(graph, node)
     result = comfy.run(graph.prompt)
@@ -37,8 +51,9 @@ def test_mixed_schedule_differs_from_every_single_stage(comfy, graph, dla_pipeli
 COMPOSITION_ATOL = 1e-5
 
 
-def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(comfy, graph, dla_pipeline,
-                                                                               staged_sampler):
+def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
+    comfy, graph, dla_pipeline, staged_sampler
+):
     """tau 0.95 / 0.85 over 2 euler steps = step 1 (t=1) with stage 1's conditioning, then step 2 (t=0.7595) with
     stage 3's: two native KSamplerAdvanced over the same "simple" schedule, split after step 1.
 
@@ -51,22 +66,55 @@ def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
     nodes = dla_pipeline(graph)
     mixed = staged_sampler(graph, nodes)
     stage1 = nodes.positive  # stage 1: the DLA's conditioning as it is
-    stage3 = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage="3: identity only",
-                       identity=graph.out(nodes.identity))
-    common = dict(model=graph.out(nodes.model), noise_seed=7, steps=2, cfg=1.0, sampler_name="euler",
-                  scheduler="simple")
-    first = graph.add("KSamplerAdvanced", add_noise="enable", positive=graph.out(stage1), negative=graph.out(stage1),
-                      latent_image=graph.out(nodes.latent), start_at_step=0, end_at_step=1,
-                      return_with_leftover_noise="enable", **common)
-    second = graph.add("KSamplerAdvanced", add_noise="disable", positive=graph.out(stage3), negative=graph.out(stage3),
-                       latent_image=graph.out(first), start_at_step=1, end_at_step=10000,
-                       return_with_leftover_noise="disable", **common)
+    stage3 = graph.add(
+        "DLAStageConditioning",
+        positive=graph.out(nodes.positive),
+        stage="3: identity only",
+        identity=graph.out(nodes.identity),
+    )
+    common = dict(
+        model=graph.out(nodes.model), noise_seed=7, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple"
+    )
+    first = graph.add(
+        "KSamplerAdvanced",
+        add_noise="enable",
+        positive=graph.out(stage1),
+        negative=graph.out(stage1),
+        latent_image=graph.out(nodes.latent),
+        start_at_step=0,
+        end_at_step=1,
+        return_with_leftover_noise="enable",
+        **common,
+    )
+    second = graph.add(
+        "KSamplerAdvanced",
+        add_noise="disable",
+        positive=graph.out(stage3),
+        negative=graph.out(stage3),
+        latent_image=graph.out(first),
+        start_at_step=1,
+        end_at_step=10000,
+        return_with_leftover_noise="disable",
+        **common,
+    )
     # The same composition with stage 2 in the second step: what a wrong split would give.
-    stage2 = graph.add("DLAStageConditioning", positive=graph.out(nodes.positive), stage="2: MLLM + identity",
-                       identity=graph.out(nodes.identity))
-    wrong = graph.add("KSamplerAdvanced", add_noise="disable", positive=graph.out(stage2), negative=graph.out(stage2),
-                      latent_image=graph.out(first), start_at_step=1, end_at_step=10000,
-                      return_with_leftover_noise="disable", **common)
+    stage2 = graph.add(
+        "DLAStageConditioning",
+        positive=graph.out(nodes.positive),
+        stage="2: MLLM + identity",
+        identity=graph.out(nodes.identity),
+    )
+    wrong = graph.add(
+        "KSamplerAdvanced",
+        add_noise="disable",
+        positive=graph.out(stage2),
+        negative=graph.out(stage2),
+        latent_image=graph.out(first),
+        start_at_step=1,
+        end_at_step=10000,
+        return_with_leftover_noise="disable",
+        **common,
+    )
     for node in (mixed, second, wrong):
         _save(graph, node)
     result = comfy.run(graph.prompt)
@@ -81,15 +129,24 @@ def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
 def test_guider_picks_the_stage_of_every_model_call_of_a_second_order_sampler(comfy, graph, dla_pipeline):
     nodes = dla_pipeline(graph)
     guider = graph.add(
-        "DLAStagedGuider", model=graph.out(nodes.model), positive=graph.out(nodes.positive), cfg=1.0, tau1=0.95, tau2=0.85,
+        "DLAStagedGuider",
+        model=graph.out(nodes.model),
+        positive=graph.out(nodes.positive),
+        cfg=1.0,
+        tau1=0.95,
+        tau2=0.85,
         identity=graph.out(nodes.identity),
     )
     sampler = graph.add("KSamplerSelect", sampler_name="heun")
     sigmas = graph.add("BasicScheduler", model=graph.out(nodes.model), scheduler="simple", steps=2, denoise=1.0)
     noise = graph.add("RandomNoise", noise_seed=7)
     sampled = graph.add(
-        "SamplerCustomAdvanced", noise=graph.out(noise), guider=graph.out(guider), sampler=graph.out(sampler),
-        sigmas=graph.out(sigmas), latent_image=graph.out(nodes.latent),
+        "SamplerCustomAdvanced",
+        noise=graph.out(noise),
+        guider=graph.out(guider),
+        sampler=graph.out(sampler),
+        sigmas=graph.out(sigmas),
+        latent_image=graph.out(nodes.latent),
     )
     _save(graph, sampled)
     result = comfy.run(graph.prompt)

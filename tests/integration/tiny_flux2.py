@@ -6,6 +6,7 @@ channels, patch 1, 4 x 32 rope axes), at a tiny width: ComfyUI reads width, head
 text width back from the weights, so a 256-wide FLUX.2 [dev] (with guidance) or [klein]
 (without) is a few MB. Weights are seeded random values scaled to keep activations O(1).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,18 +24,43 @@ def comfy_has_flux2() -> bool:
     return hasattr(comfy.latent_formats, "Flux2")
 
 
-def tiny_flux2_state_dict(seed: int = 0, hidden: int = 256, context_width: int = 96, double_blocks: int = 1,
-                          single_blocks: int = 1, guidance: bool = True, dtype: torch.dtype = torch.bfloat16) -> dict:
+def tiny_flux2_state_dict(
+    seed: int = 0,
+    hidden: int = 256,
+    context_width: int = 96,
+    double_blocks: int = 1,
+    single_blocks: int = 1,
+    guidance: bool = True,
+    dtype: torch.dtype = torch.bfloat16,
+) -> dict:
     """Random FLUX.2 weights with ComfyUI's key names (``guidance=False``: the [klein] variant)."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
     model = Flux(
-        image_model="flux2", in_channels=128, out_channels=128, vec_in_dim=None, context_in_dim=context_width,
-        hidden_size=hidden, mlp_ratio=3.0, num_heads=hidden // FLUX2_HEAD_DIM, depth=double_blocks,
-        depth_single_blocks=single_blocks, axes_dim=[32, 32, 32, 32], theta=2000, patch_size=1, qkv_bias=False,
-        guidance_embed=guidance, txt_ids_dims=[3], global_modulation=True, mlp_silu_act=True, ops_bias=False,
-        default_ref_method="index", ref_index_scale=10.0, dtype=torch.float32, device="cpu",
+        image_model="flux2",
+        in_channels=128,
+        out_channels=128,
+        vec_in_dim=None,
+        context_in_dim=context_width,
+        hidden_size=hidden,
+        mlp_ratio=3.0,
+        num_heads=hidden // FLUX2_HEAD_DIM,
+        depth=double_blocks,
+        depth_single_blocks=single_blocks,
+        axes_dim=[32, 32, 32, 32],
+        theta=2000,
+        patch_size=1,
+        qkv_bias=False,
+        guidance_embed=guidance,
+        txt_ids_dims=[3],
+        global_modulation=True,
+        mlp_silu_act=True,
+        ops_bias=False,
+        default_ref_method="index",
+        ref_index_scale=10.0,
+        dtype=torch.float32,
+        device="cpu",
         operations=comfy.ops.disable_weight_init,
     )
     generator = torch.Generator().manual_seed(seed)

@@ -4,6 +4,7 @@ The pack's one schedule is :func:`dla_core.flux.sampling.flux_sigmas` (diffusers
 :func:`dla_core.flux.sampling.calculate_mu`); the tests compare it with this closed form and use
 this form for the paper's stage counts.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """TEST helpers for training runs (never used by the pack itself)."""
+
 from __future__ import annotations
 
 import csv

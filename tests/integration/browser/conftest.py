@@ -1,4 +1,5 @@
 """Fixtures of the browser tests: the real ComfyUI server (`main.py --cpu`) as a subprocess."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -7,6 +7,7 @@ tests below judge that report. Screenshots land in test-artifacts/screenshots/. 
 DLA_UPDATE_DOCS_SCREENSHOT=1 the subject workflow's screenshot is copied to
 docs/images/workflow.png (the README's picture).
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,9 +19,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-
 import ci_guard  # tests/ci_guard.py
+import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
@@ -45,8 +45,10 @@ def _browser_skip_reason() -> str | None:
     if not (REPO_ROOT / "node_modules" / "playwright-core").is_dir():
         return "playwright-core is not installed: run `npm ci` in the repository root"
     if importlib.util.find_spec("comfyui_frontend_package") is None:
-        return ("ComfyUI's front end (comfyui-frontend-package) is not installed in this Python: "
-                "pip install -r <ComfyUI>/requirements.txt")
+        return (
+            "ComfyUI's front end (comfyui-frontend-package) is not installed in this Python: "
+            "pip install -r <ComfyUI>/requirements.txt"
+        )
     return None
 
 

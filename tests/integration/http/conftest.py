@@ -1,8 +1,8 @@
 """Fixtures of the HTTP-server tests: the real ComfyUI server (`main.py --cpu`) as a subprocess."""
+
 from __future__ import annotations
 
 import pytest
-
 from dla_workflow_prompts import load_server_module
 
 dla_server = load_server_module()

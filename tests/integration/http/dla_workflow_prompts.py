@@ -9,6 +9,7 @@ are dropped.
 
 `tiny_prompt` turns a shipped API workflow into one that runs on the tiny models in seconds.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,7 +74,9 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         if node_type in FRONTEND_ONLY_NODE_TYPES:
             continue
         if node.get("mode", MODE_ALWAYS) != MODE_ALWAYS:
-            raise ValueError(f"node {node['id']} ({node_type}) is muted or bypassed; shipped workflows keep every node active")
+            raise ValueError(
+                f"node {node['id']} ({node_type}) is muted or bypassed; shipped workflows keep every node active"
+            )
         if node_type not in object_info:
             raise ValueError(f"node {node['id']}: type {node_type} is not registered on the server")
         info = object_info[node_type]
@@ -95,13 +98,17 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
                 if options.get("image_upload"):
                     position += 1  # the upload button's value
         if position != len(values):
-            raise ValueError(f"node {node['id']} ({node_type}) has {len(values)} widget values, its inputs take {position}")
+            raise ValueError(
+                f"node {node['id']} ({node_type}) has {len(values)} widget values, its inputs take {position}"
+            )
         for slot in node.get("inputs", []):
             link_id = slot.get("link")
             if link_id is None:
                 continue
             if link_id not in links:
-                raise ValueError(f"node {node['id']} ({node_type}) input '{slot['name']}' uses link {link_id}, which does not exist")
+                raise ValueError(
+                    f"node {node['id']} ({node_type}) input '{slot['name']}' uses link {link_id}, which does not exist"
+                )
             _, origin_id, origin_slot, target_id, _, _ = links[link_id]
             if target_id != node["id"]:
                 raise ValueError(f"link {link_id} ends at node {target_id}, not at node {node['id']}")

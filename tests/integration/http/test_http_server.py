@@ -4,6 +4,7 @@ The server runs the tiny models; the shipped workflows are remapped onto them by
 `dla_workflow_prompts.tiny_prompt` (file names per `server.USER_MODEL_NAMES`, sizes and steps
 per `TINY_RUN_OVERRIDES`).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +12,10 @@ import copy
 import json
 import uuid
 
+import dla_workflow_prompts as wf
 import numpy as np
 import pytest
 from PIL import Image
-
-import dla_workflow_prompts as wf
 
 dla_server = wf.load_server_module()
 
@@ -39,7 +39,12 @@ SUBJECT = "dla_flux_subject"
 COMPARE = "dla_flux_staging_compare"
 # Need ComfyUI's full-size text encoders through the stock loaders (7B Qwen2.5-VL, 4.7B T5-XXL): they run on
 # tiny models in tests/integration/test_qwen_kontext_workflows.py (test-only tiny loaders substituted) instead.
-RUN_ELSEWHERE = {"qwen_image_edit_2509_staged", "qwen_image_edit_2509_compare", "flux_kontext_staged", "flux_kontext_compare"}
+RUN_ELSEWHERE = {
+    "qwen_image_edit_2509_staged",
+    "qwen_image_edit_2509_compare",
+    "flux_kontext_staged",
+    "flux_kontext_compare",
+}
 RUN_HERE = [path.stem for path in wf.ui_workflows() if path.stem not in RUN_ELSEWHERE]
 # The tiny stand-in of a DLA trained for a different MLLM (Qwen2.5-VL) than the one loaded.
 DLA_FOR_OTHER_MLLM = "tiny_dla_for_qwen25vl.safetensors"
@@ -241,7 +246,9 @@ async def _queue_and_interrupt_during_sampling(server, prompt: dict, sampler: st
     events = []
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"{server.url}/ws?clientId={client_id}") as socket:
-            async with session.post(f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
+            async with session.post(
+                f"{server.url}/prompt", json={"prompt": prompt, "client_id": client_id}
+            ) as response:
                 assert response.status == 200, await response.text()
                 prompt_id = (await response.json())["prompt_id"]
             interrupted = False

@@ -9,6 +9,7 @@ so test files import this package as ``dla_tiny``:
 - :mod:`.qwen_image`: Qwen-Image text encoder (Qwen2.5-VL), DiT and VAE files;
 - :mod:`.files`: the safetensors writer they share.
 """
+
 from __future__ import annotations
 
 import importlib

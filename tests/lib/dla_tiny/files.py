@@ -1,4 +1,5 @@
 """Writing the tiny single-file checkpoints (the formats ComfyUI's loaders read)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -15,6 +15,7 @@
 Weights are small seeded random values: outputs are finite, depend on every input, and
 are reproducible for a given seed. Nothing here imports ComfyUI.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,9 +44,16 @@ VAE_RES_BLOCKS = 2
 
 # Modules the tiny LoRA adapts: attention and MLP projections of both block kinds.
 LORA_TARGET_SUFFIXES = (
-    "img_attn.qkv", "img_attn.proj", "txt_attn.qkv", "txt_attn.proj",
-    "img_mlp.0", "img_mlp.2", "txt_mlp.0", "txt_mlp.2",
-    "linear1", "linear2",
+    "img_attn.qkv",
+    "img_attn.proj",
+    "txt_attn.qkv",
+    "txt_attn.proj",
+    "img_mlp.0",
+    "img_mlp.2",
+    "txt_mlp.0",
+    "txt_mlp.2",
+    "linear1",
+    "linear2",
 )
 
 
@@ -81,8 +89,12 @@ class _RandomWeights:
 
 
 def tiny_flux_state_dict(
-    seed: int = 0, dtype: torch.dtype = torch.bfloat16, double_blocks: int = 1, single_blocks: int = 1,
-    hidden: int = FLUX_HIDDEN, device: str | torch.device = "cpu",
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    double_blocks: int = 1,
+    single_blocks: int = 1,
+    hidden: int = FLUX_HIDDEN,
+    device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """FLUX.1 transformer weights in BFL's key layout: ``double_blocks`` + ``single_blocks`` deep, random.
 
@@ -102,7 +114,11 @@ def tiny_flux_state_dict(
 
     rand.linear(state, "img_in", hidden, patch_features)
     rand.linear(state, "txt_in", hidden, FLUX_CONTEXT_WIDTH)
-    for embedder, in_width in (("time_in", FLUX_TIME_EMBED), ("vector_in", FLUX_POOLED_WIDTH), ("guidance_in", FLUX_TIME_EMBED)):
+    for embedder, in_width in (
+        ("time_in", FLUX_TIME_EMBED),
+        ("vector_in", FLUX_POOLED_WIDTH),
+        ("guidance_in", FLUX_TIME_EMBED),
+    ):
         rand.linear(state, f"{embedder}.in_layer", hidden, in_width)
         rand.linear(state, f"{embedder}.out_layer", hidden, hidden)
 
@@ -198,7 +214,9 @@ def build_tiny_flux_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = to
     return write_safetensors(path, tiny_flux_vae_state_dict(seed=seed, dtype=dtype), metadata={"format": "pt"})
 
 
-def build_tiny_flux_lora(path: str | Path, flux_path: str | Path, rank: int = 4, seed: int = 0, alpha: float | None = None) -> Path:
+def build_tiny_flux_lora(
+    path: str | Path, flux_path: str | Path, rank: int = 4, seed: int = 0, alpha: float | None = None
+) -> Path:
     """Write a random rank-``rank`` LoRA for the FLUX file at ``flux_path`` (``diffusion_model.*.lora_up/down``).
 
     Both factors are random (not the usual zero ``up``), so applying the LoRA visibly changes
@@ -222,5 +240,7 @@ def build_tiny_flux_lora(path: str | Path, flux_path: str | Path, rank: int = 4,
             state[f"{name}.lora_up.weight"] = up.to(torch.bfloat16)
             state[f"{name}.alpha"] = torch.tensor(alpha)
     if not state:
-        raise ValueError(f"'{flux_path}' has no FLUX attention/MLP weights to adapt; is it a FLUX transformer in BFL layout?")
+        raise ValueError(
+            f"'{flux_path}' has no FLUX attention/MLP weights to adapt; is it a FLUX transformer in BFL layout?"
+        )
     return write_safetensors(path, state, metadata={"format": "pt", "rank": str(rank)})

@@ -11,6 +11,7 @@ keeps two layers: ComfyUI tells the two files apart by ``text_model.encoder.laye
 
 Weights are small seeded random values. Nothing here imports ComfyUI.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,7 @@ def tiny_clip_l_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -
         "text_model.embeddings.position_embedding.weight": _normal(gen, (CLIP_L_POSITIONS, width), 0.01),
         "text_model.final_layer_norm.weight": torch.ones(width),
         "text_model.final_layer_norm.bias": torch.zeros(width),
-        "text_projection.weight": _normal(gen, (width, width), width ** -0.5),
+        "text_projection.weight": _normal(gen, (width, width), width**-0.5),
     }
     for i in range(TINY_CLIP_L_CONFIG["num_hidden_layers"]):
         p = f"text_model.encoder.layers.{i}"
@@ -55,11 +56,11 @@ def tiny_clip_l_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -
             state[f"{p}.{norm}.weight"] = torch.ones(width)
             state[f"{p}.{norm}.bias"] = torch.zeros(width)
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            state[f"{p}.self_attn.{proj}.weight"] = _normal(gen, (width, width), width ** -0.5)
+            state[f"{p}.self_attn.{proj}.weight"] = _normal(gen, (width, width), width**-0.5)
             state[f"{p}.self_attn.{proj}.bias"] = torch.zeros(width)
-        state[f"{p}.mlp.fc1.weight"] = _normal(gen, (inter, width), width ** -0.5)
+        state[f"{p}.mlp.fc1.weight"] = _normal(gen, (inter, width), width**-0.5)
         state[f"{p}.mlp.fc1.bias"] = torch.zeros(inter)
-        state[f"{p}.mlp.fc2.weight"] = _normal(gen, (width, inter), inter ** -0.5)
+        state[f"{p}.mlp.fc2.weight"] = _normal(gen, (width, inter), inter**-0.5)
         state[f"{p}.mlp.fc2.bias"] = torch.zeros(width)
     return {k: v.to(dtype) for k, v in state.items()}
 
@@ -75,15 +76,16 @@ def tiny_t5xxl_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) ->
     for i in range(TINY_T5_CONFIG["num_layers"]):
         p = f"encoder.block.{i}.layer"
         for proj in ("q", "k", "v"):
-            state[f"{p}.0.SelfAttention.{proj}.weight"] = _normal(gen, (inner, width), width ** -0.5)
-        state[f"{p}.0.SelfAttention.o.weight"] = _normal(gen, (width, inner), 0.5 * inner ** -0.5)
+            state[f"{p}.0.SelfAttention.{proj}.weight"] = _normal(gen, (inner, width), width**-0.5)
+        state[f"{p}.0.SelfAttention.o.weight"] = _normal(gen, (width, inner), 0.5 * inner**-0.5)
         if i == 0:
             state[f"{p}.0.SelfAttention.relative_attention_bias.weight"] = _normal(
-                gen, (T5_RELATIVE_BUCKETS, TINY_T5_CONFIG["num_heads"]), 0.1)
+                gen, (T5_RELATIVE_BUCKETS, TINY_T5_CONFIG["num_heads"]), 0.1
+            )
         state[f"{p}.0.layer_norm.weight"] = torch.ones(width)
-        state[f"{p}.1.DenseReluDense.wi_0.weight"] = _normal(gen, (ff, width), width ** -0.5)
-        state[f"{p}.1.DenseReluDense.wi_1.weight"] = _normal(gen, (ff, width), width ** -0.5)
-        state[f"{p}.1.DenseReluDense.wo.weight"] = _normal(gen, (width, ff), 0.5 * ff ** -0.5)
+        state[f"{p}.1.DenseReluDense.wi_0.weight"] = _normal(gen, (ff, width), width**-0.5)
+        state[f"{p}.1.DenseReluDense.wi_1.weight"] = _normal(gen, (ff, width), width**-0.5)
+        state[f"{p}.1.DenseReluDense.wo.weight"] = _normal(gen, (width, ff), 0.5 * ff**-0.5)
         state[f"{p}.1.layer_norm.weight"] = torch.ones(width)
     return {k: v.to(dtype) for k, v in state.items()}
 

@@ -4,6 +4,7 @@ Same construction as the self-test's InternVL (:mod:`dla_core.selftest_models`, 
 tokenizer and helpers these builders share): ``config.json`` + random weights, the family's
 image processor, real Processor class and a chat template shaped like the real one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,17 @@ from dla_core.selftest_models import (
     text_config,
 )
 
-__all__ = ["CHAT_SPECIAL_TOKENS", "INTERNVL_CHAT_TEMPLATE", "INTERNVL_SPECIAL_TOKENS", "TINY_BUILDERS",
-           "build_tiny_internvl", "build_tiny_mllm", "build_tiny_qwen25vl", "build_tiny_qwen3vl", "bytes_to_unicode"]
+__all__ = [
+    "CHAT_SPECIAL_TOKENS",
+    "INTERNVL_CHAT_TEMPLATE",
+    "INTERNVL_SPECIAL_TOKENS",
+    "TINY_BUILDERS",
+    "build_tiny_internvl",
+    "build_tiny_mllm",
+    "build_tiny_qwen25vl",
+    "build_tiny_qwen3vl",
+    "bytes_to_unicode",
+]
 
 QWEN_VL_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}"

@@ -23,6 +23,7 @@ the tiny file keeps it full size (bf16, ~1.3 GB; all but two blocks are exact id
 
 Weights are small seeded random values. Nothing here imports ComfyUI.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -79,10 +80,15 @@ class _Random:
         return out.normal_(0.0, std, generator=self.generator)
 
 
-def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, fp8_scaled: bool = False,
-                                vision: bool = True, config: dict | None = None,
-                                model_dtype: torch.dtype = torch.float32,
-                                vision_random_blocks: tuple[int, ...] = VISION_RANDOM_BLOCKS) -> dict[str, torch.Tensor]:
+def tiny_qwen25vl_te_state_dict(
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    fp8_scaled: bool = False,
+    vision: bool = True,
+    config: dict | None = None,
+    model_dtype: torch.dtype = torch.float32,
+    vision_random_blocks: tuple[int, ...] = VISION_RANDOM_BLOCKS,
+) -> dict[str, torch.Tensor]:
     """State dict of a tiny Qwen2.5-VL text encoder in ComfyUI's ``qwen_image`` layout.
 
     Weights are stored in ``dtype``; ``model.norm.weight`` is stored in ``model_dtype``, which
@@ -101,7 +107,7 @@ def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat
     linear_keys: list[str] = []
 
     def linear(name: str, out_f: int, in_f: int, bias: bool, std: float | None = None) -> None:
-        std = std if std is not None else in_f ** -0.5
+        std = std if std is not None else in_f**-0.5
         state[f"{name}.weight"] = rand.normal((out_f, in_f), std) if std else torch.zeros(out_f, in_f)
         linear_keys.append(name)
         if bias:
@@ -123,7 +129,8 @@ def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat
 
     if vision:
         state["visual.patch_embed.proj.weight"] = rand.normal(
-            (VISION_WIDTH, 3, VISION_TEMPORAL_PATCH, VISION_PATCH, VISION_PATCH), 0.02)
+            (VISION_WIDTH, 3, VISION_TEMPORAL_PATCH, VISION_PATCH, VISION_PATCH), 0.02
+        )
         # Small residual updates keep 32 random blocks from blowing the stream up.
         for i in range(VISION_BLOCKS):
             p = f"visual.blocks.{i}"
@@ -135,10 +142,10 @@ def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat
             linear(f"{p}.mlp.gate_proj", VISION_MLP, VISION_WIDTH, True, 0.02 * std)
             linear(f"{p}.mlp.up_proj", VISION_MLP, VISION_WIDTH, True, 0.02 * std)
             linear(f"{p}.mlp.down_proj", VISION_WIDTH, VISION_MLP, True, 0.005 * std)
-        merged = VISION_WIDTH * VISION_MERGE ** 2
+        merged = VISION_WIDTH * VISION_MERGE**2
         state["visual.merger.ln_q.weight"] = torch.ones(VISION_WIDTH)
-        linear("visual.merger.mlp.0", merged, merged, True, merged ** -0.5)
-        linear("visual.merger.mlp.2", hidden, merged, True, merged ** -0.5)
+        linear("visual.merger.mlp.0", merged, merged, True, merged**-0.5)
+        linear("visual.merger.mlp.2", hidden, merged, True, merged**-0.5)
 
     out: dict[str, torch.Tensor] = {}
     linear_weights = {f"{name}.weight" for name in linear_keys}
@@ -154,51 +161,66 @@ def tiny_qwen25vl_te_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat
     return out
 
 
-def build_tiny_qwen25vl_te(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-                           fp8_scaled: bool = False, vision: bool = True, model_dtype: torch.dtype = torch.float32,
-                           config: dict | None = None) -> Path:
+def build_tiny_qwen25vl_te(
+    path: str | Path,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    fp8_scaled: bool = False,
+    vision: bool = True,
+    model_dtype: torch.dtype = torch.float32,
+    config: dict | None = None,
+) -> Path:
     """Write :func:`tiny_qwen25vl_te_state_dict` to ``path`` (a ``.safetensors`` file).
 
     ``config`` overrides :data:`TINY_TE_CONFIG` (e.g. :data:`DIT_READY_TE_CONFIG`); load the
     file with the same config under :data:`COMFY_TE_MODEL_OPTIONS_KEY`.
     """
-    return write_safetensors(path, tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, config=config, model_dtype=model_dtype))
+    return write_safetensors(
+        path, tiny_qwen25vl_te_state_dict(seed, dtype, fp8_scaled, vision, config=config, model_dtype=model_dtype)
+    )
 
 
-def tiny_qwen_image_dit_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1) -> dict[str, torch.Tensor]:
+def tiny_qwen_image_dit_state_dict(
+    seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1
+) -> dict[str, torch.Tensor]:
     """State dict of a Qwen-Image DiT with ``num_blocks`` blocks, in ComfyUI's key layout."""
     rand = _Random(seed)
     state: dict[str, torch.Tensor] = {}
     w = DIT_WIDTH
 
     def linear(name: str, out_f: int, in_f: int, std: float | None = None) -> None:
-        state[f"{name}.weight"] = rand.normal((out_f, in_f), std if std is not None else in_f ** -0.5)
+        state[f"{name}.weight"] = rand.normal((out_f, in_f), std if std is not None else in_f**-0.5)
         state[f"{name}.bias"] = rand.normal((out_f,), 0.02)
 
     linear("time_text_embed.timestep_embedder.linear_1", w, DIT_TIME_EMBED)
     linear("time_text_embed.timestep_embedder.linear_2", w, w)
     state["txt_norm.weight"] = torch.ones(DIT_CONTEXT_WIDTH)
-    linear("img_in", w, DIT_LATENT_CHANNELS * DIT_PATCH ** 2)
+    linear("img_in", w, DIT_LATENT_CHANNELS * DIT_PATCH**2)
     linear("txt_in", w, DIT_CONTEXT_WIDTH)
     for i in range(num_blocks):
         p = f"transformer_blocks.{i}"
         for stream in ("img", "txt"):
-            linear(f"{p}.{stream}_mod.1", 6 * w, w, 0.02 * w ** -0.5)
+            linear(f"{p}.{stream}_mod.1", 6 * w, w, 0.02 * w**-0.5)
             linear(f"{p}.{stream}_mlp.net.0.proj", 4 * w, w)
             linear(f"{p}.{stream}_mlp.net.2", w, 4 * w, 0.5 * (4 * w) ** -0.5)
         for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
             state[f"{p}.attn.{norm}.weight"] = torch.ones(128)
         for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
             linear(f"{p}.attn.{proj}", w, w)
-        linear(f"{p}.attn.to_out.0", w, w, 0.5 * w ** -0.5)
-        linear(f"{p}.attn.to_add_out", w, w, 0.5 * w ** -0.5)
-    linear("norm_out.linear", 2 * w, w, 0.02 * w ** -0.5)
-    linear("proj_out", DIT_LATENT_CHANNELS * DIT_PATCH ** 2, w)
+        linear(f"{p}.attn.to_out.0", w, w, 0.5 * w**-0.5)
+        linear(f"{p}.attn.to_add_out", w, w, 0.5 * w**-0.5)
+    linear("norm_out.linear", 2 * w, w, 0.02 * w**-0.5)
+    linear("proj_out", DIT_LATENT_CHANNELS * DIT_PATCH**2, w)
     return {k: v.to(dtype) for k, v in state.items()}
 
 
-def build_tiny_qwen_image_dit(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16, num_blocks: int = 1,
-                              index_timestep_zero: bool = False) -> Path:
+def build_tiny_qwen_image_dit(
+    path: str | Path,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    num_blocks: int = 1,
+    index_timestep_zero: bool = False,
+) -> Path:
     """Write :func:`tiny_qwen_image_dit_state_dict` to ``path``; ``UNETLoader`` detects it as Qwen-Image.
 
     ``index_timestep_zero``: add the empty ``__index_timestep_zero__`` marker of Qwen-Image-Edit-2511's
@@ -234,7 +256,7 @@ def tiny_qwen_image_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfl
         fan_in = in_c
         for k in kernel:
             fan_in *= k
-        state[f"{name}.weight"] = rand.normal((out_c, in_c, *kernel), gain * fan_in ** -0.5)
+        state[f"{name}.weight"] = rand.normal((out_c, in_c, *kernel), gain * fan_in**-0.5)
         state[f"{name}.bias"] = torch.zeros(out_c)
 
     def rms_gamma(name: str, channels: int, dims: int = 3) -> None:
@@ -302,5 +324,8 @@ def tiny_qwen_image_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfl
 
 
 def build_tiny_qwen_image_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write :func:`tiny_qwen_image_vae_state_dict` to ``path``; ``VAELoader`` detects it as Qwen-Image's (Wan 2.1) VAE."""
+    """Write :func:`tiny_qwen_image_vae_state_dict` to ``path``.
+
+    ``VAELoader`` detects it as Qwen-Image's (Wan 2.1) VAE.
+    """
     return write_safetensors(path, tiny_qwen_image_vae_state_dict(seed, dtype))

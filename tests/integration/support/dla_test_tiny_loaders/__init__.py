@@ -4,13 +4,15 @@ ComfyUI builds text encoders from fixed configs whatever the file holds (Qwen2.5
 type qwen_image, a 4.7B T5-XXL for type flux), so a workflow that loads the tiny test files
 through the stock loaders would build full-size models. ``comfy.sd.load_clip`` honours
 ``model_options["<model_name>_model_config"]`` (comfy/sd1_clip.py; for CLIP-L files ComfyUI
-builds that entry from ``model_options["model_config"]``), which the stock nodes never pass. These nodes run the stock nodes' own ``load_clip`` with those options added (the tiny
+builds that entry from ``model_options["model_config"]``), which the stock nodes never pass.
+These nodes run the stock nodes' own ``load_clip`` with those options added (the tiny
 configs of tests/lib/dla_tiny), nothing else changed.
 
 The run-on-tiny-models tests load this package into their ComfyUI with ComfyUI's own
 custom-node loader and rewrite a workflow's CLIPLoader / DualCLIPLoader nodes to these ids.
 It is never part of the pack (the pack's ``__init__`` does not import it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import comfy.sd
+
 import nodes as comfy_nodes
 
 _REPO_ROOT = Path(__file__).resolve().parents[4]
