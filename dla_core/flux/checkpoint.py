@@ -280,7 +280,10 @@ def _flux_from_bfl_file(path: Path, config: dict, dtype: torch.dtype):
     with init_empty_weights():
         model = FluxTransformer2DModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
     try:
-        state = bfl_flux_to_diffusers({k[len(prefix) :]: v.to(dtype) for k, v in raw.items() if k.startswith(prefix)})
+        # raw.pop releases each source tensor once converted: the file's and the converted weights are never both whole
+        state = bfl_flux_to_diffusers(
+            {k[len(prefix) :]: raw.pop(k).to(dtype) for k in list(raw) if k.startswith(prefix)}
+        )
         del raw
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, KeyError) as exc:

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_staging_support import pack_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 COMMON = dict(seed=4, steps=4, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
-
-
-def _pack(submodule: str):
-    from qwen_staging_support import pack_module
-
-    return pack_module(submodule)
 
 
 def _conditionings():
@@ -51,7 +46,7 @@ def _run(model, tau1: float, tau2: float):
     text, with_refs, refs_only = _conditionings()
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
     return (
-        _pack("nodes.staged_advanced")
+        pack_module("nodes.staged_advanced")
         .DLAStagedKSamplerAdvanced.execute(
             model, text, latent, tau1=tau1, tau2=tau2, positive_stage2=with_refs, positive_stage3=refs_only, **COMMON
         )
@@ -64,12 +59,12 @@ def test_kv_cache_with_references_in_two_stages_is_refused_with_a_fix(comfy, flu
 
     kv_node = comfy_nodes.NODE_CLASS_MAPPINGS.get("FluxKVCache")
     if kv_node is None:  # ComfyUI 0.3.64: no KV cache node; the same staging runs unpatched
-        assert not _pack("nodes.staged_sampling").reference_kv_caches(flux)
+        assert not pack_module("nodes.staged_sampling").reference_kv_caches(flux)
         assert torch.isfinite(_run(flux, 1.0, 0.5)).all()
         return
     cached = kv_node.execute(flux).result[0]
-    assert len(_pack("nodes.staged_sampling").reference_kv_caches(cached)) == 1
-    error = _pack("dla_core.errors").DLAInputError
+    assert len(pack_module("nodes.staged_sampling").reference_kv_caches(cached)) == 1
+    error = pack_module("dla_core.errors").DLAInputError
     with pytest.raises(error, match="Flux KV Cache.*stages 2 and 3"):
         _run(cached, 1.0, 0.5)
     # References in one stage only: the cache is consistent, sampling runs.

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_staging_support import pack_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 11
 STEPS = 2
 WIDTH, HEIGHT = 128, 96
-
-
-def _pack(submodule: str):
-    from qwen_staging_support import pack_module
-
-    return pack_module(submodule)
 
 
 def _random(*shape, seed: int) -> torch.Tensor:
@@ -78,9 +73,11 @@ def _staged_both(model, positive, latent) -> list[dict]:
     common = dict(
         seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0, tau1=0.0, tau2=0.0
     )
-    staged = _pack("nodes.sampler_nodes").DLAStagedKSampler.execute(model, positive, latent, **common).result[0]
+    staged = pack_module("nodes.sampler_nodes").DLAStagedKSampler.execute(model, positive, latent, **common).result[0]
     advanced = (
-        _pack("nodes.staged_advanced").DLAStagedKSamplerAdvanced.execute(model, positive, latent, **common).result[0]
+        pack_module("nodes.staged_advanced")
+        .DLAStagedKSamplerAdvanced.execute(model, positive, latent, **common)
+        .result[0]
     )
     return [staged, advanced]
 

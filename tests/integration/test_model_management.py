@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_staging_support import pack_module
 
 pytestmark = [pytest.mark.integration]
-
-
-def _managed():
-    from qwen_staging_support import pack_module
-
-    return pack_module("nodes.managed_models")
 
 
 def _module() -> torch.nn.Module:
@@ -32,7 +27,7 @@ def test_a_low_memory_load_still_loads_the_whole_model(comfy):
     import comfy.model_patcher
 
     cpu = torch.device("cpu")
-    ours = _managed().WholeModelPatcher(_module(), load_device=cpu, offload_device=cpu)
+    ours = pack_module("nodes.managed_models").WholeModelPatcher(_module(), load_device=cpu, offload_device=cpu)
     ours.load(cpu, lowvram_model_memory=1)
     assert ours.model.model_loaded_weight_memory == ours.model_size() > 0
     assert not ours.model.model_lowvram
@@ -44,7 +39,7 @@ def test_a_low_memory_load_still_loads_the_whole_model(comfy):
 
 def test_memory_pressure_unloads_whole_never_part(comfy):
     cpu = torch.device("cpu")
-    patcher = _managed().WholeModelPatcher(_module(), load_device=cpu, offload_device=cpu)
+    patcher = pack_module("nodes.managed_models").WholeModelPatcher(_module(), load_device=cpu, offload_device=cpu)
     patcher.load(cpu)
     assert patcher.partially_unload(cpu, memory_to_free=1) == 0
     assert patcher.model.model_loaded_weight_memory == patcher.model_size()
@@ -68,7 +63,7 @@ def test_device_policy_respects_lowvram(comfy, monkeypatch, state, policy, expec
     monkeypatch.setattr(mm, "get_torch_device", lambda: gpu)
     monkeypatch.setattr(mm, "text_encoder_device", lambda: gpu)
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState[state])
-    load_device, _ = _managed().run_devices(policy)
+    load_device, _ = pack_module("nodes.managed_models").run_devices(policy)
     assert load_device.type == expected
 
 
@@ -77,7 +72,7 @@ def test_cpu_flag_puts_everything_on_the_cpu(comfy):
 
     assert mm.get_torch_device().type == "cpu"  # the suite runs ComfyUI with --cpu
     for policy in ("default", "gpu", "cpu"):
-        assert _managed().run_devices(policy)[0].type == "cpu"
+        assert pack_module("nodes.managed_models").run_devices(policy)[0].type == "cpu"
 
 
 def test_mllm_and_dla_load_whole_then_offload_and_free(comfy, graph, dla_pipeline):
@@ -90,7 +85,7 @@ def test_mllm_and_dla_load_whole_then_offload_and_free(comfy, graph, dla_pipelin
     assert result.success, result.error_text
     patchers = {"mllm": comfy.output(nodes.mllm).patcher, "dla": comfy.output(nodes.dla).patcher}
     for name, patcher in patchers.items():
-        assert isinstance(patcher, _managed().WholeModelPatcher), name
+        assert isinstance(patcher, pack_module("nodes.managed_models").WholeModelPatcher), name
         assert any(loaded.model is patcher for loaded in mm.current_loaded_models), name
         assert patcher.model.model_loaded_weight_memory == patcher.model_size(), name
         assert all(p.device == patcher.load_device for p in patcher.model.parameters()), name

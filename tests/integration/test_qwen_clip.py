@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_staging_support import pack_module
 
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
 
@@ -33,23 +34,13 @@ def _image(width: int, height: int, seed: int) -> torch.Tensor:
     return torch.rand(1, height, width, 3, generator=generator)  # [batch, H, W, C] as ComfyUI's IMAGE
 
 
-def _pack(submodule: str):
-    # The pack's own copy of dla_core (ComfyUI imported the pack as a package): its classes are
-    # the ones the nodes raise and return, distinct from a top-level ``import dla_core``.
-    from qwen_staging_support import pack_module
-
-    return pack_module(submodule)
-
-
 @pytest.fixture(scope="module")
 def input_error(comfy):
-    return _pack("dla_core.errors").DLAInputError
+    return pack_module("dla_core.errors").DLAInputError
 
 
 @pytest.fixture(scope="module")
 def pack(comfy):
-    from qwen_staging_support import pack_module
-
     return pack_module("nodes.qwen_clip")
 
 
@@ -136,9 +127,9 @@ def test_feature_masks_mark_each_reference_span_as_image_and_the_rest_as_text(tw
 
 
 def test_identity_dla_reproduces_native_qwen_image_conditioning(two_reference_run):
-    dla_module = _pack("dla_core.dla")
-    init_dla = _pack("dla_core.checkpoint").init_dla
-    MLLMSpec = _pack("dla_core.spec").MLLMSpec
+    dla_module = pack_module("dla_core.dla")
+    init_dla = pack_module("dla_core.checkpoint").init_dla
+    MLLMSpec = pack_module("dla_core.spec").MLLMSpec
 
     assert "sequence" in dla_module.FUSE_MODES
     native, _, features = two_reference_run
@@ -164,11 +155,11 @@ def test_dla_aggregate_node_with_identity_dla_emits_native_qwen_image_conditioni
     The only extra key is the DLA's "MLLM off" conditioning the staged sampler reads; Qwen-Image
     takes no distilled guidance, so none is added (native adds none either).
     """
-    init_dla = _pack("dla_core.checkpoint").init_dla
-    save_dla = _pack("dla_core.checkpoint").save_dla
-    MLLMSpec = _pack("dla_core.spec").MLLMSpec
-    dla_nodes = _pack("nodes.dla_nodes")
-    mllm_off_key = _pack("nodes.types").MLLM_OFF_KEY
+    init_dla = pack_module("dla_core.checkpoint").init_dla
+    save_dla = pack_module("dla_core.checkpoint").save_dla
+    MLLMSpec = pack_module("dla_core.spec").MLLMSpec
+    dla_nodes = pack_module("nodes.dla_nodes")
+    mllm_off_key = pack_module("nodes.types").MLLM_OFF_KEY
 
     native, _, features = two_reference_run
     spec = MLLMSpec(family=features.family, num_layers=features.num_layers, width=features.width, name="tiny")
@@ -192,9 +183,9 @@ def test_dla_aggregate_node_with_identity_dla_emits_native_qwen_image_conditioni
 
 
 def test_identity_dla_for_another_width_is_rejected_with_a_fix(two_reference_run):
-    init_dla = _pack("dla_core.checkpoint").init_dla
-    DLACheckpointError = _pack("dla_core.errors").DLACheckpointError
-    MLLMSpec = _pack("dla_core.spec").MLLMSpec
+    init_dla = pack_module("dla_core.checkpoint").init_dla
+    DLACheckpointError = pack_module("dla_core.errors").DLACheckpointError
+    MLLMSpec = pack_module("dla_core.spec").MLLMSpec
 
     _, _, features = two_reference_run
     full_size = MLLMSpec(family="qwen2_5_vl", num_layers=features.num_layers, width=3584, name="Qwen2.5-VL-7B")

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qwen_staging_support import pack_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 5
 STEPS = 2
-
-
-def _pack(submodule: str):
-    from qwen_staging_support import pack_module
-
-    return pack_module(submodule)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +75,10 @@ def _frame() -> torch.Tensor:
 
 
 def test_the_default_choice_writes_no_method(comfy, reference_vae):
-    node = _pack("nodes.qwen_identity").DLAReferenceLatents
+    node = pack_module("nodes.qwen_identity").DLAReferenceLatents
     schema = node.define_schema() if hasattr(node, "define_schema") else node.GET_SCHEMA()
     method_input = next(i for i in schema.inputs if i.id == "reference_latents_method")
-    assert method_input.default == _pack("nodes.qwen_identity").MODEL_OWN_METHOD
+    assert method_input.default == pack_module("nodes.qwen_identity").MODEL_OWN_METHOD
     out = node.execute(_text_conditioning(), reference_vae, 64, method_input.default, image1=_frame()).result[0]
     assert "reference_latents_method" not in out[0][1]
     assert len(out[0][1]["reference_latents"]) == 1
@@ -96,7 +91,7 @@ def test_default_samples_like_native_reference_latent_and_an_explicit_choice_ove
     """
     from comfy_extras.nodes_edit_model import ReferenceLatent
 
-    identity = _pack("nodes.qwen_identity")
+    identity = pack_module("nodes.qwen_identity")
     text = _text_conditioning()
     ours = identity.DLAReferenceLatents.execute(text, qwen_vae, 32, identity.MODEL_OWN_METHOD, image1=_frame()).result[
         0
@@ -120,7 +115,7 @@ def test_default_samples_like_native_reference_latent_and_an_explicit_choice_ove
 
 
 def test_the_2511_choice_uses_index_timestep_zero_or_falls_back_with_a_message(comfy, reference_vae, caplog):
-    identity = _pack("nodes.qwen_identity")
+    identity = pack_module("nodes.qwen_identity")
     out = identity.DLAReferenceLatents.execute(
         _text_conditioning(), reference_vae, 64, "qwen_image_edit_2511 (index_timestep_zero)", image1=_frame()
     ).result[0]
@@ -133,7 +128,7 @@ def test_the_2511_choice_uses_index_timestep_zero_or_falls_back_with_a_message(c
 
 
 def test_a_method_outside_the_options_is_a_clear_error(comfy, reference_vae):
-    identity = _pack("nodes.qwen_identity")
-    error = _pack("dla_core.errors").DLAInputError
+    identity = pack_module("nodes.qwen_identity")
+    error = pack_module("dla_core.errors").DLAInputError
     with pytest.raises(error, match="not one of this node's options"):
         identity.DLAReferenceLatents.execute(_text_conditioning(), reference_vae, 64, "sideways", image1=_frame())
