@@ -91,7 +91,7 @@ def test_reference_with_batch_one_is_shared_by_whole_batch():
 
 
 def test_packing_and_target_ids_match_diffusers_flux_pipeline():
-    from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
+    from diffusers import FluxPipeline
 
     latent = torch.randn(2, 16, 8, 12)
     assert torch.equal(pack_latents(latent), FluxPipeline._pack_latents(latent, 2, 16, 8, 12))
