@@ -8,7 +8,9 @@ this file outside ComfyUI (packaging tools, test discovery) needs no ComfyUI.
 def comfy_entrypoint():
     """Called by ComfyUI's custom-node loader; returns the pack's one ``ComfyExtension``."""
     from .nodes import DLASubjectExtension
+    from .nodes.compat import log_missing_families
     from .nodes.model_folders import register_model_folders
 
     register_model_folders()
+    log_missing_families()
     return DLASubjectExtension()

@@ -23,6 +23,7 @@ import node_helpers
 from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
+from ..dla_core.reference_timing import TIMING_EXAMPLE, parse_reference_timing
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2
 from ..dla_core.staging import ALL_STAGES
 from .sampler_nodes import ksample_with_guider, validate_taus_input
@@ -60,14 +61,30 @@ class PerStageGuider(StagedCFGGuider):
                     negatives[stage], {"prompt_type": "negative"}
                 )
         self.original_conds = {}
-        self.inner_set_conds(conds)
+        self.inner_set_conds(self.with_timed_references(conds))
 
 
 def staged_ksample_advanced(
-    model, seed, steps, cfg, sampler_name, scheduler, latent, denoise, tau1, tau2, positives: dict, negatives: dict
+    model,
+    seed,
+    steps,
+    cfg,
+    sampler_name,
+    scheduler,
+    latent,
+    denoise,
+    tau1,
+    tau2,
+    positives: dict,
+    negatives: dict,
+    reference_timing: str = "",
 ) -> dict:
-    """The advanced Staged KSampler: :func:`ksample_with_guider` with per-stage conditioning."""
-    guider = PerStageGuider(model, tau1, tau2)
+    """The advanced Staged KSampler: :func:`ksample_with_guider` with per-stage conditioning.
+
+    ``reference_timing`` (e.g. ``"0.95-0, 1-0.5"``): each reference's own active time range, in
+    the order the conditionings hold them (:mod:`dla_core.reference_timing`).
+    """
+    guider = PerStageGuider(model, tau1, tau2, parse_reference_timing(reference_timing))
     guider.set_stage_conds(positives, negatives)
     guider.set_cfg(cfg)
     return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
@@ -168,13 +185,31 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
                     step=0.01,
                     tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
                 ),
+                io.String.Input(
+                    "reference_timing",
+                    default="",
+                    optional=True,
+                    tooltip="Optional: each reference's own active range of t, one 'high-low' per reference in the "
+                    f"order the conditioning holds them, e.g. '{TIMING_EXAMPLE}' (reference 1 from t < 0.95 to the "
+                    "end, reference 2 from the start until t = 0.5). Active while low <= t < high (high = 1 includes "
+                    "pure noise). References after the last range, and all when empty, stay active in every stage "
+                    "that carries them. Works inside the stages: a reference is used only where its stage's "
+                    "conditioning holds it and its range is active.",
+                ),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
 
     @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
-        return validate_taus_input(tau1, tau2)
+    def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
+        checked = validate_taus_input(tau1, tau2)
+        if checked is not True:
+            return checked
+        try:
+            parse_reference_timing(reference_timing)
+        except DLAInputError as error:
+            return str(error)
+        return True
 
     @classmethod
     def execute(
@@ -195,6 +230,7 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         negative_stage1=None,
         negative_stage2=None,
         negative_stage3=None,
+        reference_timing="",
     ) -> io.NodeOutput:
         positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
         negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
@@ -212,5 +248,6 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
                 tau2,
                 positives,
                 negatives,
+                reference_timing,
             )
         )

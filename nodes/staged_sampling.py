@@ -17,6 +17,13 @@ import comfy.samplers
 import node_helpers
 
 from ..dla_core.errors import DLAInputError
+from ..dla_core.reference_timing import (
+    ReferenceRange,
+    active_mask,
+    check_reference_count,
+    describe_mask,
+    probe_times,
+)
 from ..dla_core.schedule import STAGE_LABELS, describe_schedule, stage_for_sigma, validate_taus
 from ..dla_core.staging import ALL_STAGES, stages_in_range
 from .types import MLLM_OFF_KEY, ReferenceIdentity
@@ -82,6 +89,40 @@ def stage_conditionings(
     return {stage: (positives[stage], negatives[stage]) for stage in ALL_STAGES}
 
 
+def reference_count(conditioning: list | None) -> int:
+    """The most reference latents any entry of ``conditioning`` carries (0 for None)."""
+    return max((len(values.get("reference_latents") or []) for _, values in conditioning or []), default=0)
+
+
+def with_active_references(conditioning: list, mask: tuple[bool, ...]) -> list:
+    """``conditioning`` holding only the reference latents whose ``mask`` entry is true (in order).
+
+    References beyond the mask are kept. An entry left without references loses the
+    ``reference_latents`` key (and its placement method), exactly like a conditioning that never
+    had any, so that sampling equals the native sampler on that conditioning.
+    """
+    out = []
+    for tokens, values in conditioning:
+        references = values.get("reference_latents")
+        if not references:
+            out.append([tokens, values])
+            continue
+        kept = [latent for index, latent in enumerate(references) if index >= len(mask) or mask[index]]
+        new_values = dict(values)
+        if kept:
+            new_values["reference_latents"] = kept
+        else:
+            new_values.pop("reference_latents")
+            new_values.pop("reference_latents_method", None)
+        out.append([tokens, new_values])
+    return out
+
+
+def timed_key(key: str, mask: tuple[bool, ...]) -> str:
+    """Cond key of ``key``'s conditioning restricted to the references of ``mask`` (``key`` when all are on)."""
+    return key if all(mask) else f"{key}|refs={''.join('1' if on else '0' for on in mask)}"
+
+
 def reference_kv_caches(model_patcher) -> list:
     """ComfyUI's ``FluxKVCache`` patches on this model (newer ComfyUI; an attention patch named ``KV_Attn_Input``)."""
     options = getattr(model_patcher, "model_options", {}) or {}
@@ -106,13 +147,16 @@ def normalised_time(model_sampling, sigma) -> float:
 class StagedCFGGuider(comfy.samplers.CFGGuider):
     """CFG guider whose positive/negative follow the DLA stage of each model call's sigma."""
 
-    def __init__(self, model_patcher, tau1: float, tau2: float):
+    def __init__(self, model_patcher, tau1: float, tau2: float, reference_timing: tuple[ReferenceRange, ...] = ()):
         validate_taus(tau1, tau2)
         super().__init__(model_patcher)
         self.tau1 = float(tau1)
         self.tau2 = float(tau2)
+        self.reference_timing = tuple(reference_timing)
         self.stage_log: list[tuple[float, int]] = []  # (t, stage) of every model call of the last run
+        self.reference_log: list[tuple[float, tuple[bool, ...]]] = []  # (t, active references) per model call
         self._available: dict[int, tuple[bool, bool]] = {}
+        self._reference_counts: dict[int, int] = {}  # stage -> references its conditionings carry
 
     def set_conds(self, positive, negative=None, identity: ReferenceIdentity | None = None, stage3_positive=None):
         if identity is None:
@@ -128,7 +172,40 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
             if stage_negative is not None:
                 conds[negative_key] = node_helpers.conditioning_set_values(stage_negative, {"prompt_type": "negative"})
         self.original_conds = {}
-        self.inner_set_conds(conds)
+        self.inner_set_conds(self.with_timed_references(conds))
+
+    def _stage_and_mask(self, t: float) -> tuple[int, tuple[bool, ...]]:
+        stage = stage_for_sigma(t, self.tau1, self.tau2)
+        return stage, active_mask(self.reference_timing, self._reference_counts.get(stage, 0), t)
+
+    def _probe_pairs(self, t_high: float, t_low: float) -> list[tuple[int, tuple[bool, ...]]]:
+        """Every (stage, active references) a model call can meet for times in ``[t_low, t_high]``."""
+        pairs = []
+        for t in probe_times(self.reference_timing, t_high, t_low, cuts=(self.tau1, self.tau2)):
+            pair = self._stage_and_mask(t)
+            if pair not in pairs:
+                pairs.append(pair)
+        return pairs
+
+    def with_timed_references(self, conds: dict) -> dict:
+        """``conds`` plus, per (stage, active-reference set) the timing can produce, its restricted conditioning.
+
+        Without a timing (or while every reference is active) the stage keys are used as they are,
+        so sampling is unchanged. Raises :class:`DLAInputError` when the timing names more
+        references than any stage's conditioning holds.
+        """
+        self._reference_counts = {
+            stage: max(reference_count(conds.get(key)) for key in STAGE_COND_KEYS[stage]) for stage in ALL_STAGES
+        }
+        if not self.reference_timing:
+            return conds
+        check_reference_count(self.reference_timing, max(self._reference_counts.values()))
+        out = dict(conds)
+        for stage, mask in self._probe_pairs(1.0, 0.0):
+            for key in STAGE_COND_KEYS[stage]:
+                if key in conds and not all(mask):
+                    out[timed_key(key, mask)] = with_active_references(conds[key], mask)
+        return out
 
     def _time(self, sigma) -> float:
         return normalised_time(self.model_patcher.get_model_object("model_sampling"), sigma)
@@ -148,18 +225,21 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
                     "(e.g. ConditioningZeroOut of the positive) or set cfg to 1 (FLUX.1-dev uses 1)."
                 )
 
-    def _stages_with_references(self, stages: tuple[int, ...]) -> list[int]:
+    def _keys_of(self, stage: int, mask: tuple[bool, ...]) -> tuple[str, str]:
+        return tuple(timed_key(key, mask) for key in STAGE_COND_KEYS[stage])
+
+    def _pairs_with_references(self, pairs: list[tuple[int, tuple[bool, ...]]]) -> list[str]:
         found = []
-        for stage in stages:
-            conds = [self.original_conds.get(key) or [] for key in STAGE_COND_KEYS[stage]]
+        for stage, mask in pairs:
+            conds = [self.original_conds.get(key) or [] for key in self._keys_of(stage, mask)]
             if any("reference_latents" in cond for group in conds for cond in group):
-                found.append(stage)
+                found.append(str(stage) if all(mask) else f"{stage} ({describe_mask(mask)})")
         return found
 
-    def _check_kv_cache(self, stages: tuple[int, ...]) -> None:
-        with_references = self._stages_with_references(stages)
+    def _check_kv_cache(self, pairs: list[tuple[int, tuple[bool, ...]]]) -> None:
+        with_references = self._pairs_with_references(pairs)
         if len(with_references) > 1 and reference_kv_caches(self.model_patcher):
-            raise DLAInputError(KV_CACHE_MESSAGE.format(stages=" and ".join(map(str, with_references))))
+            raise DLAInputError(KV_CACHE_MESSAGE.format(stages=" and ".join(with_references)))
 
     def sample(
         self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None
@@ -169,17 +249,26 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         times = [self._time(sigma) for sigma in sigmas.flatten()]
         stages = stages_in_range(max(times), min(times), self.tau1, self.tau2)
         self._check_stages(stages)
-        self._check_kv_cache(stages)
+        pairs = [pair for pair in self._probe_pairs(max(times), min(times)) if pair[0] in stages]
+        self._check_kv_cache(pairs)
         logging.info(
             "DLA staged sampling (tau1=%s, tau2=%s): %s",
             self.tau1,
             self.tau2,
             describe_schedule(times, self.tau1, self.tau2),
         )
+        if self.reference_timing:
+            logging.info(
+                "DLA reference timing %s: %s",
+                ", ".join(map(str, self.reference_timing)),
+                "; ".join(f"stage {stage}: {describe_mask(mask)}" for stage, mask in pairs),
+            )
         keys = {key for stage in stages for key in STAGE_COND_KEYS[stage]}
+        keys |= {key for pair in pairs for key in self._keys_of(*pair)}
         all_conds = self.original_conds
         self.original_conds = {key: value for key, value in all_conds.items() if key in keys}
         self.stage_log = []
+        self.reference_log = []
         try:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
@@ -187,9 +276,10 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         t = self._time(timestep.flatten()[0])
-        stage = stage_for_sigma(t, self.tau1, self.tau2)
+        stage, mask = self._stage_and_mask(t)
         self.stage_log.append((t, stage))
-        positive_key, negative_key = STAGE_COND_KEYS[stage]
+        self.reference_log.append((t, mask))
+        positive_key, negative_key = self._keys_of(stage, mask)
         positive = self.conds.get(positive_key)
         if positive is None:  # a sampler probed a time outside the sigma range it was given
             raise DLAInputError(

@@ -1,0 +1,44 @@
+"""What the running ComfyUI can do, and the one line the pack logs when a model family is missing.
+
+The pack supports ComfyUI 0.3.64 onwards. FLUX.2 [dev] arrived in ComfyUI 0.3.72 and FLUX.2
+[klein] (Qwen3 text encoder) in 0.9.2; Qwen-Image-Edit-2511's ``index_timestep_zero`` placement
+later than 0.3.64 too. On an older ComfyUI everything else keeps working; the FLUX.2 workflows
+cannot load there (ComfyUI's own loaders lack the model types), and the pack says so once, at load.
+"""
+
+from __future__ import annotations
+
+import logging
+
+FLUX2_MIN_COMFYUI = "0.3.72"  # FLUX.2 [dev]; [klein] needs 0.9.2
+
+
+def comfyui_version() -> str:
+    """The running ComfyUI's version (``"unknown"`` when it does not say)."""
+    try:
+        import comfyui_version as version_module  # ComfyUI's own top-level file
+
+        return str(version_module.__version__)
+    except Exception:  # noqa: BLE001 (a ComfyUI without the file)
+        return "unknown"
+
+
+def comfy_has_flux2() -> bool:
+    """Whether this ComfyUI implements FLUX.2 (its latent format, detection and text encoders)."""
+    import comfy.latent_formats
+
+    return hasattr(comfy.latent_formats, "Flux2")
+
+
+def flux2_missing_message() -> str:
+    """The one line for a ComfyUI without FLUX.2."""
+    return (
+        f"DLA: this ComfyUI ({comfyui_version()}) has no FLUX.2; the FLUX.2 workflows need ComfyUI >= "
+        f"{FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= 0.9.2). FLUX.1, FLUX Kontext and Qwen-Image-Edit staging work here."
+    )
+
+
+def log_missing_families() -> None:
+    """Log one line per model family this ComfyUI lacks (called once when the pack loads)."""
+    if not comfy_has_flux2():
+        logging.warning(flux2_missing_message())

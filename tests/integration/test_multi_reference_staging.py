@@ -1,0 +1,246 @@
+"""Staged references and per-reference timing on today's multi-reference models, probed per model call.
+
+FLUX.2 [dev] (guidance), FLUX.2 [klein] (no guidance) and Qwen-Image-Edit-2511 feed their
+reference latents at every step. With ``DLAStagedKSamplerAdvanced`` the paper's staging applies
+to them without training (stage 1 text only, stages 2-3 text + references), and a
+``reference_timing`` gives each reference its own active range of t. A probe wrapped around the
+model records, for every model call, which reference latents reach the DiT (identified by their
+distinct sizes). Where the active set never changes, sampling must equal ComfyUI's KSampler on the
+conditioning with exactly those references, bit for bit.
+
+ComfyUI 0.3.64 has no FLUX.2: there the FLUX.2 cases check the pack's one-line notice, and the
+same probes run on FLUX.1 Kontext and Qwen-Image-Edit-2509 (``index``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dla_harness import add_dla_pipeline, pack_module
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SEED = 11
+STEPS = 5
+FLUX2_FAMILIES = ("flux2_dev", "flux2_klein", "qwen_image_edit_2511")
+OLD_FAMILIES = ("flux_kontext", "qwen_image_edit_2509")
+
+
+def _random(*shape, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+
+@pytest.fixture(scope="module")
+def family_models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
+    """family -> (ModelPatcher, text conditioning, latent, [reference A, reference B]); A and B differ in size."""
+    import comfy.model_management
+    import comfy.sd
+    from tiny_flux2 import build_tiny_flux2, comfy_has_flux2
+
+    from dla_tiny.qwen_image import build_tiny_qwen_image_dit
+
+    root = tmp_path_factory.mktemp("multi-ref-models")
+    out = {}
+    if comfy_has_flux2():
+        for name, guidance, seed in (("flux2_dev", True, 0), ("flux2_klein", False, 1)):
+            path = build_tiny_flux2(root / f"{name}.safetensors", seed=seed, guidance=guidance)
+            values = {"guidance": 4.0} if guidance else {}
+            out[name] = (
+                comfy.sd.load_diffusion_model(str(path)),
+                [[_random(1, 5, 96, seed=seed + 10), values]],
+                {"samples": torch.zeros(1, 128, 4, 4)},
+                [_random(1, 128, 4, 4, seed=20), _random(1, 128, 2, 6, seed=21)],
+            )
+        qwen_2511 = build_tiny_qwen_image_dit(root / "qwen_2511.safetensors", seed=0, index_timestep_zero=True)
+        out["qwen_image_edit_2511"] = (
+            comfy.sd.load_diffusion_model(str(qwen_2511)),
+            [[_random(1, 6, 3584, seed=12), {}]],
+            {"samples": torch.zeros(1, 16, 1, 8, 8)},
+            [_random(1, 16, 1, 8, 8, seed=22), _random(1, 16, 1, 4, 12, seed=23)],
+        )
+    out["flux_kontext"] = (
+        comfy.sd.load_diffusion_model(str(tiny_models_dir / "diffusion_models" / tiny_names.flux)),
+        [[_random(1, 4, 4096, seed=13), {"pooled_output": _random(1, 768, seed=14), "guidance": 2.5}]],
+        {"samples": torch.zeros(1, 16, 8, 8)},
+        [_random(1, 16, 8, 8, seed=24), _random(1, 16, 4, 12, seed=25)],
+    )
+    qwen_2509 = build_tiny_qwen_image_dit(root / "qwen_2509.safetensors", seed=0)
+    out["qwen_image_edit_2509"] = (
+        comfy.sd.load_diffusion_model(str(qwen_2509)),
+        [[_random(1, 6, 3584, seed=15), {}]],
+        {"samples": torch.zeros(1, 16, 1, 8, 8)},
+        [_random(1, 16, 1, 8, 8, seed=26), _random(1, 16, 1, 4, 12, seed=27)],
+    )
+    yield out
+    comfy.model_management.unload_all_models()
+
+
+def _family(family_models, family: str):
+    """The family's models, or None after checking the one-line notice where this ComfyUI lacks FLUX.2."""
+    from tiny_flux2 import comfy_has_flux2
+
+    if family in FLUX2_FAMILIES and not comfy_has_flux2():
+        message = pack_module("nodes.compat").flux2_missing_message()
+        assert "has no FLUX.2" in message and "0.3.72" in message and "Qwen-Image-Edit staging work" in message
+        return None
+    return family_models[family]
+
+
+def with_references(conditioning: list, references: list) -> list:
+    import node_helpers
+
+    return node_helpers.conditioning_set_values(conditioning, {"reference_latents": list(references)}, append=True)
+
+
+class Probe:
+    """Wraps the model: records (t, sizes of the reference latents that reach the DiT) per model call."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[float, list[tuple[int, ...]]]] = []
+        self.model = model.clone()
+        self.model.set_model_unet_function_wrapper(self)
+
+    def __call__(self, apply_model, args):
+        references = args["c"].get("ref_latents") or []
+        self.calls.append((float(args["timestep"].flatten()[0]), [tuple(r.shape[-2:]) for r in references]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def _call_times(model) -> list[float]:
+    """Normalised time of every model call of an Euler run of STEPS steps (denoise 1)."""
+    import comfy.samplers
+
+    staged = pack_module("nodes.staged_sampling")
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", STEPS)
+    return [staged.normalised_time(model_sampling, s) for s in sigmas[:-1]]
+
+
+def _mid(a: float, b: float) -> float:
+    return (a + b) / 2
+
+
+def _run_guider(model, positives: dict, timing: str, tau1: float, tau2: float, latent: dict):
+    advanced = pack_module("nodes.staged_advanced")
+    timing_module = pack_module("dla_core.reference_timing")
+    guider = advanced.PerStageGuider(model, tau1, tau2, timing_module.parse_reference_timing(timing))
+    guider.set_stage_conds(positives, {})
+    guider.set_cfg(1.0)
+    samples = pack_module("nodes.sampler_nodes").ksample_with_guider(
+        guider, model, SEED, STEPS, "euler", "simple", latent, 1.0
+    )
+    return guider, samples["samples"]
+
+
+@pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)
+def test_stage_1_sends_no_references_and_stages_2_3_send_them_all(family_models, family):
+    found = _family(family_models, family)
+    if found is None:
+        return
+    model, text, latent, references = found
+    times = _call_times(model)
+    tau1, tau2 = _mid(times[0], times[1]), _mid(times[2], times[3])  # calls 0 | 1, 2 | 3, 4
+    probe = Probe(model)
+    positives = {1: text, 2: with_references(text, references), 3: with_references(text, references)}
+    guider, samples = _run_guider(probe.model, positives, "", tau1, tau2, latent)
+    sizes = [tuple(r.shape[-2:]) for r in references]
+    assert [stage for _, stage in guider.stage_log] == [1, 2, 2, 3, 3]
+    assert [refs for _, refs in probe.calls] == [[], sizes, sizes, sizes, sizes]
+    assert torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)
+def test_each_reference_reaches_the_model_exactly_in_its_own_range(family_models, family):
+    found = _family(family_models, family)
+    if found is None:
+        return
+    model, text, latent, references = found
+    times = _call_times(model)
+    size_a, size_b = (tuple(r.shape[-2:]) for r in references)
+    # A from call 2 on (a subject photo once the layout is set); B until call 3 (a pose/style reference early).
+    timing = f"{_mid(times[1], times[2]):.6f}-0, 1-{_mid(times[3], times[4]):.6f}"
+    probe = Probe(model)
+    conditioning = with_references(text, references)
+    # Stage 1 (call 0) is text only; the timing works inside the stages' references.
+    guider, _ = _run_guider(probe.model, {1: text, 2: conditioning}, timing, _mid(times[0], times[1]), 0.0, latent)
+    expected = [[], [size_b], [size_a, size_b], [size_a, size_b], [size_a]]
+    assert [refs for _, refs in probe.calls] == expected
+    assert [mask for _, mask in guider.reference_log][1:] == [(False, True), (True, True), (True, True), (True, False)]
+
+
+@pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)
+def test_a_timing_whose_active_set_never_changes_is_bit_identical_to_native(family_models, family):
+    import nodes as comfy_nodes
+
+    found = _family(family_models, family)
+    if found is None:
+        return
+    model, text, latent, references = found
+    times = _call_times(model)
+    both = with_references(text, references)
+    only_a = with_references(text, references[:1])
+    negative = [[torch.zeros_like(text[0][0]), dict(text[0][1])]]  # never evaluated at cfg 1
+    node = pack_module("nodes.staged_advanced").DLAStagedKSamplerAdvanced
+    common = dict(seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+
+    def staged(timing: str) -> torch.Tensor:
+        return node.execute(model, both, latent, tau1=0.0, tau2=0.0, reference_timing=timing, **common).result[0][
+            "samples"
+        ]
+
+    def native(positive) -> torch.Tensor:
+        return comfy_nodes.common_ksampler(
+            model, SEED, STEPS, 1.0, "euler", "simple", positive, negative, latent, denoise=1.0
+        )[0]["samples"]
+
+    with_both, with_a = native(both), native(only_a)
+    assert not torch.equal(with_both, with_a)  # the references matter, so the equalities below are not vacuous
+    assert torch.equal(staged(""), with_both)
+    assert torch.equal(staged(f"1-0, 1-{times[-1] / 2:.6f}"), with_both)  # B's range covers every call
+    assert torch.equal(staged(f"1-0, {times[-1] / 2:.6f}-0"), with_a)  # B's range holds no call
+    assert not torch.equal(staged(f"1-0, {_mid(times[1], times[2]):.6f}-0"), with_a)  # B joins mid-run
+
+
+@pytest.mark.parametrize(
+    "timing,words",
+    [
+        ("0-0.95", "out of order"),
+        ("1.5-0", "leaves [0, 1]"),
+        ("0.9", "is not a range"),
+        ("1-0, 1-0, 1-0", "3 ranges"),
+    ],
+)
+def test_bad_timings_are_one_clear_node_error_and_the_server_keeps_serving(comfy, graph, timing, words):
+    nodes = add_dla_pipeline(graph)
+    refs = graph.add(
+        "DLAReferenceLatents",
+        conditioning=graph.out(nodes.positive),
+        vae=graph.out(nodes.vae),
+        vae_resolution=64,
+        reference_latents_method="flux_kontext (offset)",
+        vae_resolutions="",
+        image1=graph.out(nodes.image),
+    )
+    sampler = graph.add(
+        "DLAStagedKSamplerAdvanced",
+        model=graph.out(nodes.model),
+        positive_stage1=graph.out(nodes.positive),
+        positive_stage2=graph.out(refs),
+        latent_image=graph.out(nodes.latent),
+        seed=1,
+        steps=2,
+        cfg=1.0,
+        sampler_name="euler",
+        scheduler="simple",
+        denoise=1.0,
+        tau1=0.95,
+        tau2=0.0,
+        reference_timing=timing,
+    )
+    graph.add("PreviewImage", images=[graph.add("VAEDecode", samples=graph.out(sampler), vae=graph.out(nodes.vae)), 0])
+    bad = comfy.run(graph.prompt)
+    assert not bad.success
+    assert words in bad.error_text and "reference_timing" in bad.error_text
+    graph.prompt[sampler]["inputs"]["reference_timing"] = "0.9-0"
+    good = comfy.run(graph.prompt)
+    assert good.success, good.error_text
