@@ -191,6 +191,41 @@ def _default_heads(width: int, preferred: int = 16) -> int:
     return 1
 
 
+def _native_identity_defaults(spec: MLLMSpec, target: str, overrides: dict[str, Any]) -> None:
+    """Identity init for a target whose own text encoder is an LLM (FLUX.2): read and stack its native layers.
+
+    The LAPs read only the native layers (``layer_indices``) and stack them per token in the
+    native order; tokens keep the encoder's own order (``fuse="sequence"``). The untrained DLA
+    then returns exactly the target's native conditioning from features of that encoder.
+    """
+    native = target_spec(target).native
+    if spec.family != native.family:
+        raise DLAInputError(
+            f"Identity initialisation for target '{target}' reproduces its own text encoder, {native.name} "
+            f"(family {native.family}); this MLLM is {spec.describe()}. Use --init random for another MLLM, or "
+            f"the target whose text encoder this is."
+        )
+    layers = list(overrides.get("layer_indices") or native.layers)
+    if any(not 0 <= layer < spec.num_layers for layer in layers):
+        raise DLAInputError(
+            f"Target '{target}' reads layers {list(native.layers)} of {native.name}, but this MLLM has only "
+            f"{spec.num_layers} hidden states ({spec.describe()})."
+        )
+    overrides.setdefault("layer_indices", layers)
+    overrides.setdefault("identity_layers", list(range(len(layers))))
+    overrides.setdefault(
+        "lap_out_width", len(overrides["identity_layers"]) * int(overrides.get("lap_width", spec.width))
+    )
+    overrides.setdefault("fuse", "sequence")
+    context_width = int(overrides.get("context_width", target_spec(target).context_width))
+    if overrides["lap_out_width"] != context_width:
+        raise DLAInputError(
+            f"Target '{target}' takes {context_width}-wide tokens: {len(layers)} stacked layers of {native.name} "
+            f"({native.width} wide). This {spec.family} MLLM is {spec.width} wide, so identity initialisation "
+            "cannot reproduce the native conditioning; use --init random."
+        )
+
+
 def init_dla(
     spec: MLLMSpec,
     target: str = "flux",
@@ -206,11 +241,18 @@ def init_dla(
     ``lap_width`` to the MLLM width and turns the input norm off so the untrained DLA
     reproduces layer ``identity_layer`` (-1 = last) exactly; at InternVL3-8B widths that makes
     the LAPs 3584 wide (about 1.09 B parameters with the flatten pool, 0.37 B with
-    ``lap_pool="weighted"``; the random default is 0.13 B). ``overrides`` set any other
+    ``lap_pool="weighted"``; the random default is 0.13 B). For a target with its own LLM text
+    encoder (FLUX.2: ``flux2``, ``flux2_klein``, ``flux2_klein_9b``), identity reads only that
+    encoder's native layers (e.g. 10, 20, 30) and stacks them per token, so the untrained DLA
+    reproduces the native conditioning bit for bit from that encoder's features; with
+    ``lap_blocks=0`` it holds only the stacking maps (3 x 236 M parameters at FLUX.2 [dev]'s
+    15360). ``overrides`` set any other
     :class:`DLAConfig` field. The same ``seed`` gives the same weights.
     """
     target_info = target_spec(target)
     identity = init == "identity"
+    if identity and target_info.native is not None:
+        _native_identity_defaults(spec, target, overrides)
     lap_width = int(overrides.pop("lap_width", spec.width if identity else min(1024, spec.width)))
     fields: dict[str, Any] = dict(
         mllm_family=spec.family,

@@ -88,16 +88,25 @@ class InitDLACommand:
         from .lap import POOL_MODES
 
         parser.add_argument(
-            "--mllm", required=True, help="Hugging Face-format MLLM folder (only its config.json is read)"
+            "--mllm",
+            help="Hugging Face-format MLLM folder (only its config.json is read). Optional for the FLUX.2 targets: "
+            "without it the DLA is for the target's own ComfyUI text encoder (flux2: Mistral-Small-3 24B, 5120 wide; "
+            "flux2_klein: Qwen3-4B, 2560; flux2_klein_9b: Qwen3-8B, 4096)",
         )
         parser.add_argument(
-            "--target", default="flux", choices=sorted(TARGETS), help="DiT the conditioning is for (default: flux)"
+            "--target",
+            default="flux",
+            choices=sorted(TARGETS),
+            help="DiT the conditioning is for (default: flux). "
+            + "; ".join(f"{name}: {spec.description}" for name, spec in sorted(TARGETS.items())),
         )
         parser.add_argument(
             "--init",
             default="random",
             choices=INIT_MODES,
-            help="random, or identity: the untrained DLA reproduces one layer's hidden states exactly",
+            help="random, or identity: the untrained DLA reproduces one layer's hidden states exactly (FLUX.2 "
+            "targets: it selects the native layers, e.g. 10, 20, 30, and stacks them, reproducing native FLUX.2 "
+            "conditioning bit for bit)",
         )
         parser.add_argument(
             "--identity-layer", type=int, default=-1, help="layer the identity init selects (default -1: the last)"
@@ -107,6 +116,12 @@ class InitDLACommand:
             "--lap-width", type=int, help="LAP width (default: min(1024, MLLM width); identity: the MLLM width)"
         )
         parser.add_argument("--lap-heads", type=int, help="attention heads of the LAP blocks")
+        parser.add_argument(
+            "--lap-blocks",
+            type=int,
+            help="transformer blocks per LAP (default 2; 0 keeps only the pooling map, e.g. for a smaller FLUX.2 "
+            "identity DLA)",
+        )
         parser.add_argument("--lap-mlp-hidden", type=int, help="MLP hidden size of the LAP blocks")
         parser.add_argument(
             "--pool",
@@ -127,14 +142,25 @@ class InitDLACommand:
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         from .checkpoint import init_dla, save_dla
+        from .dla import target_spec
         from .spec import read_mllm_spec
 
-        spec = read_mllm_spec(args.mllm)
+        native = target_spec(args.target).native
+        if args.mllm:
+            spec = read_mllm_spec(args.mllm)
+        elif native is not None:
+            spec = native.spec()
+        else:
+            raise DLAInputError(
+                f"--mllm is required for target '{args.target}': give the Hugging Face-format MLLM folder the DLA "
+                "reads (only FLUX.2 targets default to their own text encoder)."
+            )
         overrides = {
             key: value
             for key, value in (
                 ("lap_width", args.lap_width),
                 ("lap_heads", args.lap_heads),
+                ("lap_blocks", args.lap_blocks),
                 ("lap_mlp_hidden", args.lap_mlp_hidden),
                 ("lap_pool", args.pool),
                 ("null_length", args.null_length),

@@ -48,6 +48,26 @@ INIT_MODES = ("random", "identity")
 
 
 @dataclass(frozen=True)
+class NativeEncoder:
+    """A DiT's own text encoder when it is an LLM whose layers the DLA can read (FLUX.2).
+
+    ``layers`` are hidden-state numbers in the pack's convention (0 = token embeddings, k = the
+    input of decoder layer k = the output of decoder layer k-1, the last = the final norm's
+    output), which is also ComfyUI's ``layer=[...]`` convention for these encoders. The DiT's
+    conditioning token is those layers' states concatenated, in this order.
+    """
+
+    family: str  # MLLMFeatures.family of this encoder
+    num_layers: int  # hidden states: embeddings + every decoder layer
+    width: int
+    layers: tuple[int, ...]
+    name: str
+
+    def spec(self) -> MLLMSpec:
+        return MLLMSpec(self.family, self.num_layers, self.width, name=self.name)
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """What a target DiT expects from its text encoder slot."""
 
@@ -55,6 +75,7 @@ class TargetSpec:
     pooled_width: int  # width of the pooled vector; 0 = the DiT takes none
     description: str
     distilled_guidance: bool = True  # the DiT reads a "guidance" value from its conditioning (FLUX-dev/Kontext)
+    native: Optional[NativeEncoder] = None  # the DiT's own LLM text encoder, for identity init and checks
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -62,7 +83,36 @@ TARGETS: dict[str, TargetSpec] = {
     "qwen_image": TargetSpec(
         3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)", distilled_guidance=False
     ),
+    "flux2": TargetSpec(
+        15360,
+        0,
+        "FLUX.2 [dev] (Mistral-Small-3 24B layers 10, 20, 30 stacked per token: 3 x 5120, no pooled vector)",
+        native=NativeEncoder("mistral3", 41, 5120, (10, 20, 30), "Mistral-Small-3 24B (FLUX.2 [dev] text encoder)"),
+    ),
+    "flux2_klein": TargetSpec(
+        7680,
+        0,
+        "FLUX.2 [klein] 4B (Qwen3-4B layers 9, 18, 27 stacked per token: 3 x 2560, no pooled vector)",
+        distilled_guidance=False,
+        native=NativeEncoder("qwen3", 37, 2560, (9, 18, 27), "Qwen3-4B (FLUX.2 [klein] 4B text encoder)"),
+    ),
+    "flux2_klein_9b": TargetSpec(
+        12288,
+        0,
+        "FLUX.2 [klein] 9B (Qwen3-8B layers 9, 18, 27 stacked per token: 3 x 4096, no pooled vector)",
+        distilled_guidance=False,
+        native=NativeEncoder("qwen3", 37, 4096, (9, 18, 27), "Qwen3-8B (FLUX.2 [klein] 9B text encoder)"),
+    ),
 }
+
+
+def targets_for_features(family: str, width: int) -> list[str]:
+    """Targets whose own text encoder gives features of this family and width (for hints in messages)."""
+    return sorted(
+        name
+        for name, spec in TARGETS.items()
+        if spec.native is not None and (spec.native.family, spec.native.width) == (family, width)
+    )
 
 
 def target_spec(target: str) -> TargetSpec:
@@ -99,6 +149,11 @@ class DLAConfig:
     null_length: int = 16
     init: str = "random"
     identity_layer: int = -1
+    # Width of each LAP's per-token output (0 = lap_width). Stacking k layers needs k * lap_width.
+    lap_out_width: int = 0
+    # Identity init: LAP layer positions whose states are stacked side by side in the LAP output
+    # (None = [identity_layer] alone). FLUX.2's text encoders stack three layers per token.
+    identity_layers: Optional[list[int]] = None
     version: int = DLA_CONFIG_VERSION
     extra: dict = field(default_factory=dict)  # free-form: training recipe, notes
 
@@ -160,6 +215,33 @@ class DLAConfig:
                 f"identity_layer {self.identity_layer} is out of range: the DLA reads {self.lap_layers} layers "
                 f"(use 0..{self.lap_layers - 1}, or -1 for the last)."
             )
+        if not isinstance(self.lap_out_width, int) or self.lap_out_width < 0:
+            raise DLAInputError(
+                f"DLA config 'lap_out_width' must be 0 (= lap_width) or positive, got {self.lap_out_width!r}."
+            )
+        if self.identity_layers is not None:
+            stack = list(self.identity_layers)
+            if (
+                not stack
+                or any(not isinstance(i, int) or not -self.lap_layers <= i < self.lap_layers for i in stack)
+                or len({i % self.lap_layers for i in stack}) != len(stack)
+            ):
+                raise DLAInputError(
+                    f"DLA identity_layers {self.identity_layers} must be distinct positions in the {self.lap_layers} "
+                    f"layers the DLA reads (0..{self.lap_layers - 1})."
+                )
+            self.identity_layers = stack
+        if self.init == "identity" and self.lap_output_width != len(self.identity_stack) * self.lap_width:
+            raise DLAInputError(
+                f"Identity initialisation stacks {len(self.identity_stack)} layer(s) of width {self.lap_width}, so "
+                f"the LAP output must be {len(self.identity_stack) * self.lap_width} wide (lap_out_width), got "
+                f"{self.lap_output_width}."
+            )
+        if self.init == "identity" and len(self.identity_stack) > 1 and self.lap_pool != "flatten":
+            raise DLAInputError(
+                "Identity initialisation that stacks several layers needs lap_pool 'flatten' (the 'weighted' pool "
+                "sums layers into one)."
+            )
         if self.init == "identity" and (self.lap_width != self.mllm_width or self.lap_input_norm):
             raise DLAInputError(
                 "Identity initialisation passes layer states through unchanged, so it needs lap_width equal to the "
@@ -175,6 +257,16 @@ class DLAConfig:
     @property
     def lap_layers(self) -> int:
         return len(self.layer_indices) if self.layer_indices is not None else self.num_layers
+
+    @property
+    def lap_output_width(self) -> int:
+        """Width of each LAP's per-token output (the output projection's input)."""
+        return self.lap_out_width or self.lap_width
+
+    @property
+    def identity_stack(self) -> list[int]:
+        """LAP layer positions the identity init stacks, in order."""
+        return list(self.identity_layers) if self.identity_layers is not None else [self.identity_layer]
 
     def mllm_spec(self) -> MLLMSpec:
         """The MLLM this DLA was built for (``describe()`` names it in messages)."""
@@ -236,11 +328,20 @@ class DLAConditioning:
 
 
 def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
-    return (
+    message = (
         f"DLA checkpoint expects {config.mllm_spec().describe()}; the connected MLLM gives {num_layers} of width "
         f"{width} "
         f"({family}): load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
     )
+    fitting = targets_for_features(family, width)
+    if fitting and config.target not in fitting:
+        # e.g. FLUX.2 [klein]'s Qwen3 features into a FLUX.2 [dev] DLA: name both sides and the fix.
+        message += (
+            f". This DLA is for target '{config.target}' ({TARGETS[config.target].description}); these features "
+            f"come from the text encoder of {' / '.join(repr(name) for name in fitting)}: use a DLA made with "
+            f"`init-dla --target {fitting[0]}`, or encode with the text encoder of the model this DLA is for"
+        )
+    return message
 
 
 class DualLayerAggregation(nn.Module):
@@ -254,7 +355,7 @@ class DualLayerAggregation(nn.Module):
             num_layers=config.lap_layers,
             input_width=config.mllm_width,
             lap_width=config.lap_width,
-            out_width=config.lap_width,
+            out_width=config.lap_output_width,
             heads=config.lap_heads,
             blocks=config.lap_blocks,
             mlp_hidden=config.lap_mlp_hidden,
@@ -263,7 +364,7 @@ class DualLayerAggregation(nn.Module):
         )
         self.lap_text = LayerwiseAttentionPooling(**lap_kwargs)
         self.lap_image = LayerwiseAttentionPooling(**lap_kwargs)
-        self.output_proj = nn.Linear(config.lap_width, config.context_width)
+        self.output_proj = nn.Linear(config.lap_output_width, config.context_width)
         if config.pooled_width:
             self.pooled_norm = nn.LayerNorm(config.context_width)
             self.pooled_proj = nn.Linear(config.context_width, config.pooled_width)
@@ -293,14 +394,15 @@ class DualLayerAggregation(nn.Module):
 
     @torch.no_grad()
     def _init_identity(self) -> None:
-        # Both LAPs return the selected layer; the output projection copies it into the first
-        # min(mllm_width, context_width) output dims and writes 0 elsewhere. With FLUX (4096)
-        # and a 3584-wide MLLM the last 512 dims are 0; a wider MLLM would be truncated.
+        # Both LAPs return the selected layer(s), side by side in identity_stack order; the output
+        # projection copies that into the first min(LAP output, context_width) output dims and
+        # writes 0 elsewhere. With FLUX (4096) and a 3584-wide MLLM the last 512 dims are 0; a
+        # wider MLLM would be truncated. FLUX.2: layers 10, 20, 30 of Mistral-3 -> 3 x 5120 = 15360.
         for lap in (self.lap_text, self.lap_image):
-            lap.init_identity(self.config.identity_layer)
+            lap.init_identity_stack(self.config.identity_stack)
         self.output_proj.weight.zero_()
         self.output_proj.bias.zero_()
-        shared = min(self.config.lap_width, self.config.context_width)
+        shared = min(self.config.lap_output_width, self.config.context_width)
         self.output_proj.weight[:shared, :shared] = torch.eye(shared, dtype=self.output_proj.weight.dtype)
 
     # ------------------------------------------------------------------ compatibility

@@ -132,27 +132,48 @@ class LayerwiseAttentionPooling(nn.Module):
         random attention/MLP input weights but zeroed residual branches, so training starts
         from "that layer" and gradients still reach every weight.
         """
-        if not (self.input_width == self.lap_width == self.out_width) or self.input_norm is not None:
+        self.init_identity_stack([layer])
+
+    @torch.no_grad()
+    def init_identity_stack(self, layers: list[int]) -> None:
+        """Make the LAP return the input's layers ``layers`` side by side: ``[layer a | layer b | ...]``.
+
+        One layer is :meth:`init_identity`. Several (FLUX.2's text encoders stack three) need
+        ``pool="flatten"`` and ``out_width == len(layers) * lap_width``; as for one layer,
+        ``input_width == lap_width`` and no input norm. The result is exact: every output value
+        is one input value times 1 plus zeros.
+        """
+        if self.input_width != self.lap_width or self.input_norm is not None:
             raise DLAInputError(
                 "Identity initialisation needs lap_width equal to the MLLM width and input_norm off "
                 f"(got input {self.input_width}, lap {self.lap_width}, out {self.out_width}, "
                 f"input_norm {'on' if self.input_norm is not None else 'off'})."
             )
-        if not -self.num_layers <= layer < self.num_layers:
-            raise DLAInputError(f"Identity layer {layer} is out of range for {self.num_layers} layers.")
-        layer = layer % self.num_layers
+        if not layers or self.out_width != len(layers) * self.lap_width:
+            raise DLAInputError(
+                f"Identity initialisation of {len(layers)} layer(s) of width {self.lap_width} needs a LAP output "
+                f"{len(layers) * self.lap_width} wide, got {self.out_width}."
+            )
+        if len(layers) > 1 and self.pool != "flatten":
+            raise DLAInputError("Stacking several layers needs pool 'flatten'; the 'weighted' pool sums them.")
+        for layer in layers:
+            if not -self.num_layers <= layer < self.num_layers:
+                raise DLAInputError(f"Identity layer {layer} is out of range for {self.num_layers} layers.")
+        positions = [layer % self.num_layers for layer in layers]
         self.layer_embedding.zero_()
         for block in self.blocks:
             block.zero_residual_branches()
-        eye = torch.eye(self.lap_width, dtype=self.pool_fc.weight.dtype, device=self.pool_fc.weight.device)
+        width = self.lap_width
+        eye = torch.eye(width, dtype=self.pool_fc.weight.dtype, device=self.pool_fc.weight.device)
         self.pool_fc.weight.zero_()
         self.pool_fc.bias.zero_()
         if self.pool == "flatten":
-            # pool_fc sees [layer 0 | layer 1 | ...]; route only the chosen layer's slot.
-            self.pool_fc.weight[:, layer * self.lap_width : (layer + 1) * self.lap_width] = eye
+            # pool_fc sees [layer 0 | layer 1 | ...]; output slot j copies layer positions[j]'s slot.
+            for slot, layer in enumerate(positions):
+                self.pool_fc.weight[slot * width : (slot + 1) * width, layer * width : (layer + 1) * width] = eye
         else:
             self.layer_weights.zero_()
-            self.layer_weights[layer] = 1.0
+            self.layer_weights[positions[0]] = 1.0
             self.pool_fc.weight.copy_(eye)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ SUPPORTED_FAMILIES = {
     "internvl": "internvl",
     "qwen2_5_vl": "qwen2_5_vl",
     "qwen3_vl": "qwen3_vl",
+    "mistral3": "mistral3",  # Mistral-Small-3.x (Mistral3ForConditionalGeneration): FLUX.2 [dev]'s text encoder
 }
 
 
