@@ -20,7 +20,6 @@ from $DLA_TINY_MODELS_CACHE.)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -28,30 +27,21 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(REPO_ROOT))
+sys.path[len(sys.path) :] = [str(REPO_ROOT), str(REPO_ROOT / "tests" / "lib")]  # dla_core; the test harness
+
+import dla_harness as harness  # noqa: E402
 
 
-def _harness():
-    """The integration tests' harness (ComfyUI location, tiny model tree, in-process runner)."""
-    spec = importlib.util.spec_from_file_location(
-        "dla_integration_harness", REPO_ROOT / "tests" / "integration" / "conftest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-def _prepare(harness, steps: int):
+def _prepare(steps: int):
     import os
 
     comfy_path, reason = harness.find_comfyui()
     if comfy_path is None:
         raise SystemExit(reason)
     cache = os.environ.get("DLA_TINY_MODELS_CACHE") or tempfile.mkdtemp(prefix="dla-bench-models-")
-    models = harness._cached_tree(Path(cache), harness.tiny_flux_width(comfy_path))
+    models = harness.cached_tiny_models_tree(Path(cache), harness.tiny_flux_width(comfy_path))
     base = harness.make_comfy_base_directory(Path(tempfile.mkdtemp(prefix="dla-bench-comfy-")), models)
-    runner = harness.ComfyRunner(comfy_path, base, harness._start_comfy_in_process(comfy_path, base))
+    runner = harness.ComfyRunner(comfy_path, base, harness.start_comfy_in_process(comfy_path, base))
     graph = harness.Graph()
     nodes = harness.add_dla_pipeline(graph)
     full = graph.add(
@@ -82,8 +72,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    harness = _harness()
-    runner, inputs = _prepare(harness, args.steps)
+    runner, inputs = _prepare(args.steps)
     import comfy.model_management
     import torch
 

@@ -20,13 +20,14 @@ from PIL import Image
 _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
-# Test-only helpers (tiny model builders ``dla_tiny``, the FLUX schedule oracle): ComfyUI owns the
-# top-level name ``tests``, so they are imported by their own unique names from tests/lib.
+# Test-only helpers (tiny model builders ``dla_tiny``, the FLUX schedule oracle, the integration harness
+# ``dla_harness``, ``ci_guard``): ComfyUI owns the top-level names ``nodes``, ``server`` and ``tests``, so
+# they are imported by their own unique names from tests/lib.
 _LIB = _ROOT / "tests" / "lib"
 if str(_LIB) not in sys.path:
     sys.path.insert(0, str(_LIB))
 
-# Session-end line with the ComfyUI / library versions the run used (tests/ci_guard.py).
+# Session-end line with the ComfyUI / library versions the run used (tests/lib/ci_guard.py).
 from ci_guard import pytest_terminal_summary  # noqa: E402,F401
 
 

@@ -1,4 +1,5 @@
-"""Imports that read one way: no pack module imports another's ``_private`` names, no import cycles.
+"""Imports that read one way: no pack module imports another's ``_private`` names, no import cycles;
+the test harness is imported as a package, never loaded by path.
 
 Scanned with the standard library's ``ast`` (nothing is imported): every module of ``dla_core/``
 and ``nodes/`` (and, for private names, ``bench/``). Relative imports resolve as ComfyUI loads the
@@ -6,6 +7,10 @@ pack (the repository is the package, so ``..dla_core.x`` from ``nodes/`` is ``dl
 Cycles count every import between pack modules, function-local ones included: a cycle that a local
 import hides from the interpreter is still two modules that each need the other (only heavy optional
 libraries -- transformers, diffusers, peft, accelerate -- and the CLI dispatchers' commands load lazily).
+
+Harness: tests/ and bench/ import shared code by module name (``dla_harness`` and the rest of tests/lib),
+never with ``importlib.util.spec_from_file_location``, and find the pack ComfyUI loaded from ComfyUI's own
+naming rule (``dla_harness.pack_module``), never by iterating ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -137,4 +142,87 @@ def test_the_scans_catch_a_private_import_and_a_cycle(tmp_path):
     assert import_cycles(tmp_path) == [
         ["dla_core.a", "dla_core.b", "dla_core.a"],
         ["dla_core.a", "dla_core.b", "dla_core.sub.c", "dla_core.a"],
+    ]
+
+
+# ----------------------------------------------------------------------------- the test harness
+HARNESS_DIRS = ("tests", "bench")
+_SEQUENCE_BUILDERS = {"list", "tuple", "set", "sorted", "dict", "iter", "enumerate", "reversed", "frozenset"}
+
+
+def _is_sys_modules(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "modules"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "sys"
+    )
+
+
+def harness_loading_problems(root: Path = ROOT, dirs=HARNESS_DIRS) -> list[str]:
+    """``path:line what`` for every load-by-path (``spec_from_file_location``) and every walk over ``sys.modules``
+    (``.items()`` / ``.values()`` / ``.keys()``, a ``for`` or comprehension over it, ``list(sys.modules)`` ...)."""
+    found = []
+    for path in sorted(p for folder in dirs for p in (root / folder).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        where = path.relative_to(root)
+        for node in ast.walk(tree):
+            name = (
+                node.attr
+                if isinstance(node, ast.Attribute)
+                else node.id
+                if isinstance(node, ast.Name)
+                else next((a.name for a in node.names if a.name == "spec_from_file_location"), None)
+                if isinstance(node, ast.ImportFrom)
+                else None
+            )
+            if name == "spec_from_file_location":
+                found.append((where, node.lineno, "loads a file by path (spec_from_file_location)"))
+            if not _is_sys_modules(node):
+                continue
+            parent = parents.get(node)
+            walks = (
+                (isinstance(parent, ast.Attribute) and parent.attr in {"items", "values", "keys", "copy"})
+                or (isinstance(parent, (ast.For, ast.AsyncFor, ast.comprehension)) and parent.iter is node)
+                or (
+                    isinstance(parent, ast.Call)
+                    and isinstance(parent.func, ast.Name)
+                    and parent.func.id in _SEQUENCE_BUILDERS
+                    and node in parent.args
+                )
+            )
+            if walks:
+                found.append((where, node.lineno, "searches sys.modules (use dla_harness.pack_module)"))
+    return [f"{where.as_posix()}:{line} {what}" for where, line, what in sorted(found)]
+
+
+def test_the_harness_scan_sees_tests_and_bench():
+    scanned = {p.relative_to(ROOT).as_posix() for folder in HARNESS_DIRS for p in (ROOT / folder).rglob("*.py")}
+    assert {"tests/lib/dla_harness/in_process.py", "tests/integration/conftest.py", "bench/bench_staged.py"} <= scanned
+
+
+def test_tests_and_bench_load_no_file_by_path_and_search_no_sys_modules():
+    assert harness_loading_problems() == []
+
+
+def test_the_harness_scan_catches_a_path_load_and_a_sys_modules_search(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "a.py").write_text(
+        "import importlib.util\nimport sys\n"
+        "spec = importlib.util.spec_from_file_location('x', 'x.py')\n"
+        "for name, module in list(sys.modules.items()):\n    pass\n"
+        "names = [n for n in sys.modules]\n"
+        "ok = sys.modules.get('x'), 'x' in sys.modules, sys.modules['sys']\n"
+    )
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "b.py").write_text(
+        "from importlib.util import spec_from_file_location\nimport sys\nfound = sorted(sys.modules)\n"
+    )
+    assert harness_loading_problems(tmp_path) == [
+        "bench/b.py:1 loads a file by path (spec_from_file_location)",
+        "bench/b.py:3 searches sys.modules (use dla_harness.pack_module)",
+        "tests/a.py:3 loads a file by path (spec_from_file_location)",
+        "tests/a.py:4 searches sys.modules (use dla_harness.pack_module)",
+        "tests/a.py:6 searches sys.modules (use dla_harness.pack_module)",
     ]

@@ -6,7 +6,6 @@ and run it; the browser tests load it into ComfyUI's front end. These checks nee
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -199,14 +198,11 @@ def test_compare_workflow_differs_only_in_staging():
 
 
 def _user_model_names() -> dict:
-    spec = importlib.util.spec_from_file_location(
-        "dla_integration_server_static", REPO_ROOT / "tests" / "integration" / "server.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from dla_harness import server
+
     return {
-        **module.USER_MODEL_NAMES,
-        **{key: "(built by test_qwen_kontext_workflows.py)" for key in module.LISTED_ONLY_MODEL_NAMES},
+        **server.USER_MODEL_NAMES,
+        **{key: "(built by test_qwen_kontext_workflows.py)" for key in server.LISTED_ONLY_MODEL_NAMES},
     }
 
 

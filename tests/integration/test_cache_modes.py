@@ -9,6 +9,7 @@ executor built the way ``main.py`` builds it.
 from __future__ import annotations
 
 import pytest
+from dla_harness import ComfyRunner, Graph, add_dla_pipeline, add_staged_sampler
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -23,17 +24,14 @@ def _cache_modes(execution) -> list[tuple[str, str, dict]]:
     return [("default (classic)", "CLASSIC", {}), ("--cache-lru 10", "LRU", {"lru": 10})]
 
 
-def test_requeue_with_a_new_seed_runs_no_mllm_forward_in_every_cache_mode(
-    comfy, new_graph, dla_pipeline, staged_sampler
-):
-    runner_class = type(comfy)  # the harness's ComfyRunner (importing conftest by name is ambiguous)
+def test_requeue_with_a_new_seed_runs_no_mllm_forward_in_every_cache_mode(comfy):
     modes = _cache_modes(comfy.execution)
     assert len(modes) == 2
     for label, cache, args in modes:
-        runner = runner_class(comfy.comfy_path, comfy.base_dir, comfy.modules, cache=cache, cache_args=args)
-        graph = new_graph()
-        nodes = dla_pipeline(graph, prompt_text=f"a cat, cache {label}")
-        sampled = staged_sampler(graph, nodes, steps=1)
+        runner = ComfyRunner(comfy.comfy_path, comfy.base_dir, comfy.modules, cache=cache, cache_args=args)
+        graph = Graph()
+        nodes = add_dla_pipeline(graph, prompt_text=f"a cat, cache {label}")
+        sampled = add_staged_sampler(graph, nodes, steps=1)
         graph.add("PreviewAny", source=graph.out(sampled))
         first = runner.run(graph.prompt)
         assert first.success, (label, first.error_text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qwen_staging_support import pack_module
+from dla_harness import pack_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qwen_staging_support import pack_module
+from dla_harness import add_dla_pipeline, pack_module
 
 pytestmark = [pytest.mark.integration]
 
@@ -75,11 +75,11 @@ def test_cpu_flag_puts_everything_on_the_cpu(comfy):
         assert pack_module("nodes.managed_models").run_devices(policy)[0].type == "cpu"
 
 
-def test_mllm_and_dla_load_whole_then_offload_and_free(comfy, graph, dla_pipeline):
+def test_mllm_and_dla_load_whole_then_offload_and_free(comfy, graph):
     """The load / offload / free cycle through the nodes, on this ComfyUI's model management."""
     import comfy.model_management as mm
 
-    nodes = dla_pipeline(graph, prompt_text="a managed cat")
+    nodes = add_dla_pipeline(graph, prompt_text="a managed cat")
     graph.add("PreviewAny", source=graph.out(nodes.positive))
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from dla_harness import Graph, add_dla_pipeline, add_staged_sampler
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def encode_graph(new_graph, dla_pipeline):
+def encode_graph():
     """A graph up to Dual Layer Aggregation (+ identity), previewed; returns (graph, nodes)."""
 
     def build(**kwargs):
-        graph = new_graph()
-        nodes = dla_pipeline(graph, **kwargs)
+        graph = Graph()
+        nodes = add_dla_pipeline(graph, **kwargs)
         graph.add("PreviewAny", source=graph.out(nodes.positive))
         graph.add("PreviewAny", source=graph.out(nodes.identity))
         return graph, nodes
@@ -79,22 +80,20 @@ def test_reference_with_alpha_asks_to_composite_it(comfy, encode_graph, then_nex
     then_next_prompt_runs()
 
 
-def test_tau1_below_tau2_is_rejected_before_running(
-    comfy, new_graph, dla_pipeline, staged_sampler, then_next_prompt_runs
-):
-    graph = new_graph()
-    nodes = dla_pipeline(graph)
-    sampler = staged_sampler(graph, nodes, tau1=0.5, tau2=0.8)
+def test_tau1_below_tau2_is_rejected_before_running(comfy, then_next_prompt_runs):
+    graph = Graph()
+    nodes = add_dla_pipeline(graph)
+    sampler = add_staged_sampler(graph, nodes, tau1=0.5, tau2=0.8)
     graph.add("SaveLatent", samples=graph.out(sampler), filename_prefix="latents/dla_bad")
     text = _rejected_at(comfy.run(graph.prompt), sampler)
     assert "tau2 no larger than tau1" in text
     then_next_prompt_runs()
 
 
-def test_zero_steps_is_rejected_before_running(comfy, new_graph, dla_pipeline, staged_sampler):
-    graph = new_graph()
-    nodes = dla_pipeline(graph)
-    sampler = staged_sampler(graph, nodes, steps=0)
+def test_zero_steps_is_rejected_before_running(comfy):
+    graph = Graph()
+    nodes = add_dla_pipeline(graph)
+    sampler = add_staged_sampler(graph, nodes, steps=0)
     graph.add("SaveLatent", samples=graph.out(sampler), filename_prefix="latents/dla_bad")
     text = _rejected_at(comfy.run(graph.prompt), sampler)
     assert "steps" in text

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dla_harness import add_dla_pipeline, add_staged_sampler
 from PIL import Image
 
 pytestmark = pytest.mark.integration
 
 
-def test_full_graph_with_lora_saves_an_image(comfy, graph, dla_pipeline, staged_sampler):
-    nodes = dla_pipeline(graph)
-    sampled = staged_sampler(graph, nodes)
+def test_full_graph_with_lora_saves_an_image(comfy, graph):
+    nodes = add_dla_pipeline(graph)
+    sampled = add_staged_sampler(graph, nodes)
     decoded = graph.add("VAEDecode", samples=graph.out(sampled), vae=graph.out(nodes.vae))
     save = graph.add("SaveImage", images=graph.out(decoded), filename_prefix="dla_pipeline")
     result = comfy.run(graph.prompt)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dla_harness import add_dla_pipeline, add_staged_sampler
 
 pytestmark = pytest.mark.integration
 
 
-def _encode_graph(graph, dla_pipeline, **kwargs):
-    nodes = dla_pipeline(graph, **kwargs)
+def _encode_graph(graph, **kwargs):
+    nodes = add_dla_pipeline(graph, **kwargs)
     graph.add("PreviewAny", source=graph.out(nodes.positive))
     graph.add("PreviewAny", source=graph.out(nodes.identity))
     return nodes
 
 
-def test_requeued_prompt_runs_no_mllm_forward(comfy, graph, dla_pipeline, staged_sampler):
-    nodes = dla_pipeline(graph, prompt_text="a cat")
-    sampled = staged_sampler(graph, nodes, steps=1)
+def test_requeued_prompt_runs_no_mllm_forward(comfy, graph):
+    nodes = add_dla_pipeline(graph, prompt_text="a cat")
+    sampled = add_staged_sampler(graph, nodes, steps=1)
     graph.add("SaveLatent", samples=graph.out(sampled), filename_prefix="latents/dla_requeue")
     assert comfy.run(graph.prompt).success
     mllm = comfy.output(nodes.mllm).loaded
@@ -32,10 +33,10 @@ def test_requeued_prompt_runs_no_mllm_forward(comfy, graph, dla_pipeline, staged
     assert mllm.forward_calls == calls
 
 
-def test_mllm_is_a_managed_model_that_unload_all_models_frees(comfy, graph, dla_pipeline):
+def test_mllm_is_a_managed_model_that_unload_all_models_frees(comfy, graph):
     import comfy.model_management as model_management
 
-    nodes = _encode_graph(graph, dla_pipeline, prompt_text="a red car")
+    nodes = _encode_graph(graph, prompt_text="a red car")
     assert comfy.run(graph.prompt).success
     patcher = comfy.output(nodes.mllm).patcher
     assert any(loaded.model is patcher for loaded in model_management.current_loaded_models)
@@ -47,18 +48,18 @@ def test_mllm_is_a_managed_model_that_unload_all_models_frees(comfy, graph, dla_
     assert any(loaded.model is patcher for loaded in model_management.current_loaded_models)
 
 
-def test_free_memory_request_unloads_the_mllm(comfy, graph, dla_pipeline):
+def test_free_memory_request_unloads_the_mllm(comfy, graph):
     import comfy.model_management as model_management
 
-    nodes = _encode_graph(graph, dla_pipeline, prompt_text="a green car")
+    nodes = _encode_graph(graph, prompt_text="a green car")
     assert comfy.run(graph.prompt).success
     patcher = comfy.output(nodes.mllm).patcher
     model_management.free_memory(1e30, patcher.load_device)
     assert not any(loaded.model is patcher for loaded in model_management.current_loaded_models)
 
 
-def test_image_batch_items_are_all_references(comfy, graph, dla_pipeline):
-    nodes = _encode_graph(graph, dla_pipeline, prompt_text="a toy")
+def test_image_batch_items_are_all_references(comfy, graph):
+    nodes = _encode_graph(graph, prompt_text="a toy")
     single = comfy.run(graph.prompt)
     assert single.success
     tokens_one = comfy.output(nodes.positive)[0][0].shape[1]
@@ -76,9 +77,9 @@ def test_image_batch_items_are_all_references(comfy, graph, dla_pipeline):
     assert len(identity.latents) == 2 and all(latent.shape == (1, 16, 8, 8) for latent in identity.latents)
 
 
-def test_latent_batch_is_sampled_whole_with_per_item_noise(comfy, graph, dla_pipeline, staged_sampler):
-    nodes = dla_pipeline(graph, prompt_text="a cat", batch_size=2)
-    sampled = staged_sampler(graph, nodes, steps=1)
+def test_latent_batch_is_sampled_whole_with_per_item_noise(comfy, graph):
+    nodes = add_dla_pipeline(graph, prompt_text="a cat", batch_size=2)
+    sampled = add_staged_sampler(graph, nodes, steps=1)
     graph.add("SaveLatent", samples=graph.out(sampled), filename_prefix="latents/dla_batch")
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text

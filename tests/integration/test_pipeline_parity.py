@@ -1,7 +1,7 @@
 """Parity: the standalone diffusers pipeline and the ComfyUI nodes give the same latents.
 
 Same weights on both sides (the tiny BFL-layout FLUX, the tiny ae.safetensors VAE, the tiny
-InternVL and DLA of tests/integration/conftest.py), same seed and settings. The choices that
+InternVL and DLA of the harness's tiny tree, tests/lib/dla_harness), same seed and settings. The choices that
 have to line up, and how each is matched:
 
 - noise: ComfyUI's ``comfy.sample.prepare_noise`` (``torch.randn`` of the whole latent batch,
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dla_harness import add_dla_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -46,14 +47,14 @@ PARITY_RTOL = 1e-5
 
 
 _CACHE: dict = {}  # results shared by the tests of this module (the fixtures they need are function-scoped)
-TINY_LORA_FILE = "tiny_flux_lora.safetensors"  # conftest's LoRA in ComfyUI's diffusion_model.*.lora_up/down layout
+TINY_LORA_FILE = "tiny_flux_lora.safetensors"  # the tiny tree's LoRA in ComfyUI's diffusion_model.*.lora_up/down layout
 
 
-def comfy_staged_latents(comfy, graph, dla_pipeline, lora: bool) -> torch.Tensor:
+def comfy_staged_latents(comfy, graph, lora: bool) -> torch.Tensor:
     """Final LATENT of UNETLoader [-> LoraLoaderModelOnly] -> ModelSamplingFlux -> DLAStagedKSampler."""
     key = ("comfy", lora)
     if key not in _CACHE:
-        nodes = dla_pipeline(graph, prompt_text=PROMPT, size=SIZE, guidance=GUIDANCE, lora=lora, placement="offset")
+        nodes = add_dla_pipeline(graph, prompt_text=PROMPT, size=SIZE, guidance=GUIDANCE, lora=lora, placement="offset")
         shifted = graph.add(
             "ModelSamplingFlux", model=graph.out(nodes.model), max_shift=1.15, base_shift=0.5, width=SIZE, height=SIZE
         )
@@ -122,8 +123,8 @@ def pipeline_run(comfy, models, lora: bool):
 
 
 @pytest.fixture
-def comfy_latents(comfy, graph, dla_pipeline):
-    return comfy_staged_latents(comfy, graph, dla_pipeline, lora=False)
+def comfy_latents(comfy, graph):
+    return comfy_staged_latents(comfy, graph, lora=False)
 
 
 @pytest.fixture
@@ -148,11 +149,9 @@ def test_parity_is_not_trivial(pipeline_output, comfy_latents):
     assert (comfy_latents - noise).abs().max() > 100 * PARITY_ATOL  # the model moved the latent far from the noise
 
 
-def test_comfyui_format_lora_gives_the_same_latents_as_lora_loader_model_only(
-    comfy, graph, dla_pipeline, tiny_models_dir
-):
+def test_comfyui_format_lora_gives_the_same_latents_as_lora_loader_model_only(comfy, graph, tiny_models_dir):
     ours = pipeline_run(comfy, tiny_models_dir, lora=True).latents
-    theirs = comfy_staged_latents(comfy, graph, dla_pipeline, lora=True)
+    theirs = comfy_staged_latents(comfy, graph, lora=True)
     difference = (ours - theirs).abs().max().item()
     print(f"pipeline vs ComfyUI with LoRA: max |diff| = {difference:.3g}")
     torch.testing.assert_close(ours, theirs, atol=PARITY_ATOL, rtol=PARITY_RTOL)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from qwen_staging_support import pack_module
+from dla_harness import pack_module
 
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
 

@@ -1,7 +1,7 @@
 """The shipped Qwen-Image-Edit-2509 and FLUX Kontext workflows run on tiny models in a real ComfyUI.
 
 Each ``workflows/api/<name>.json`` is queued through ComfyUI's own executor (the in-process
-harness of conftest.py) with the files it names present under those names in a test models
+harness, tests/lib/dla_harness) with the files it names present under those names in a test models
 folder: a tiny Qwen-Image DiT, a one-layer Qwen2.5-VL text encoder 3584 wide (the DiT's fixed text
 slot; ~1.2B parameters with ComfyUI's full-size vision tower) and Qwen (Wan 2.1) VAE; for Kontext the
 tiny FLUX (Kontext is the FLUX architecture), FLUX's tiny VAE and tiny CLIP-L + T5 files.

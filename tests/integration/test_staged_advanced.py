@@ -12,6 +12,7 @@ import json
 
 import pytest
 import torch
+from dla_harness import Graph, add_dla_pipeline, pack_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -21,7 +22,7 @@ DENOISE = 0.6  # int(steps / denoise) > steps, so the first sigma is below 1 and
 TAUS_FOR_STAGE = {1: (0.0, 0.0), 2: (1.0, 0.0), 3: (1.0, 1.0)}
 
 
-def _stage_graph(add_dla_pipeline, graph, stage: int, cfg: float):
+def _stage_graph(graph, stage: int, cfg: float):
     out = graph.out
     p = add_dla_pipeline(graph)
     refs = graph.add(
@@ -68,8 +69,8 @@ def _stage_graph(add_dla_pipeline, graph, stage: int, cfg: float):
 
 
 @pytest.mark.parametrize("stage,cfg", [(1, 1.0), (2, 2.0), (3, 1.0)])
-def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, dla_pipeline, stage, cfg):
-    staged, native = _stage_graph(dla_pipeline, graph, stage, cfg)
+def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, stage, cfg):
+    staged, native = _stage_graph(graph, stage, cfg)
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text
     staged_latent = comfy.output(staged)["samples"]
@@ -77,20 +78,20 @@ def test_one_stage_schedule_is_bit_identical_to_native_ksampler(comfy, graph, dl
     assert torch.equal(staged_latent, native_latent)
 
 
-def test_stages_differ_so_the_equality_above_is_not_vacuous(comfy, graph, dla_pipeline):
-    first_staged, _ = _stage_graph(dla_pipeline, graph, 1, 1.0)
+def test_stages_differ_so_the_equality_above_is_not_vacuous(comfy, graph):
+    first_staged, _ = _stage_graph(graph, 1, 1.0)
     result = comfy.run(graph.prompt)
     assert result.success, result.error_text
     stage1 = comfy.output(first_staged)["samples"].clone()
-    other = type(graph)()
-    third_staged, _ = _stage_graph(dla_pipeline, other, 3, 1.0)
+    other = Graph()
+    third_staged, _ = _stage_graph(other, 3, 1.0)
     result = comfy.run(other.prompt)
     assert result.success, result.error_text
     assert not torch.equal(stage1, comfy.output(third_staged)["samples"])
 
 
-def test_tau2_above_tau1_is_a_node_error(comfy, graph, dla_pipeline):
-    staged, _ = _stage_graph(dla_pipeline, graph, 1, 1.0)
+def test_tau2_above_tau1_is_a_node_error(comfy, graph):
+    staged, _ = _stage_graph(graph, 1, 1.0)
     graph.prompt[staged]["inputs"].update(tau1=0.5, tau2=0.9)
     result = comfy.run(graph.prompt)
     # ComfyUI still runs the graph's other (valid) outputs; the staged sampler is reported as a node error.
@@ -100,8 +101,6 @@ def test_tau2_above_tau1_is_a_node_error(comfy, graph, dla_pipeline):
 
 # -- DLAReferenceLatents: any number of references, a VAE resolution each, the method per model ------
 def _reference_node():
-    from qwen_staging_support import pack_module
-
     return pack_module("nodes.qwen_identity").DLAReferenceLatents
 
 
@@ -161,16 +160,12 @@ def test_references_are_appended_to_latents_already_on_the_conditioning(tiny_vae
 
 
 def test_no_reference_image_is_a_clear_error(tiny_vae):
-    from qwen_staging_support import pack_module
-
     error = pack_module("dla_core.errors").DLAInputError
     with pytest.raises(error, match="at least one reference image"):
         _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index")
 
 
 def test_a_bad_per_reference_resolution_list_is_a_clear_error(tiny_vae):
-    from qwen_staging_support import pack_module
-
     error = pack_module("dla_core.errors").DLAInputError
     with pytest.raises(error, match="vae_resolutions"):
         _reference_node().execute(_empty_conditioning(), tiny_vae, 64, "index", "64, big", image1=_frames(2))

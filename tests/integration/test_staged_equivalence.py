@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dla_harness import add_dla_pipeline, add_staged_sampler
 
 pytestmark = pytest.mark.integration
 
@@ -51,11 +52,9 @@ def _run_pair(comfy, graph, staged, native):
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLERS)
-def test_stage1_only_schedule_equals_native_ksampler_with_mllm_conditioning(
-    comfy, graph, dla_pipeline, staged_sampler, sampler_name
-):
-    nodes = dla_pipeline(graph)
-    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=0.0, tau2=0.0)
+def test_stage1_only_schedule_equals_native_ksampler_with_mllm_conditioning(comfy, graph, sampler_name):
+    nodes = add_dla_pipeline(graph)
+    staged = add_staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=0.0, tau2=0.0)
     native = _native(graph, nodes, nodes.positive, sampler_name, 1.0)
     staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
     assert torch.isfinite(staged_latent).all()
@@ -63,22 +62,18 @@ def test_stage1_only_schedule_equals_native_ksampler_with_mllm_conditioning(
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLERS)
-def test_stage2_only_schedule_equals_native_ksampler_with_reference_latents(
-    comfy, graph, dla_pipeline, staged_sampler, sampler_name
-):
-    nodes = dla_pipeline(graph)
-    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=0.0, denoise=0.5)
+def test_stage2_only_schedule_equals_native_ksampler_with_reference_latents(comfy, graph, sampler_name):
+    nodes = add_dla_pipeline(graph)
+    staged = add_staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=0.0, denoise=0.5)
     native = _native(graph, nodes, _with_native_identity(graph, nodes, nodes.positive), sampler_name, 0.5)
     staged_latent, native_latent = _run_pair(comfy, graph, staged, native)
     assert torch.equal(staged_latent, native_latent)
 
 
 @pytest.mark.parametrize("sampler_name", SAMPLERS)
-def test_stage3_only_schedule_equals_native_ksampler_with_stage3_conditioning(
-    comfy, graph, dla_pipeline, staged_sampler, sampler_name
-):
-    nodes = dla_pipeline(graph)
-    staged = staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=1.0, denoise=0.5)
+def test_stage3_only_schedule_equals_native_ksampler_with_stage3_conditioning(comfy, graph, sampler_name):
+    nodes = add_dla_pipeline(graph)
+    staged = add_staged_sampler(graph, nodes, sampler_name=sampler_name, tau1=1.0, tau2=1.0, denoise=0.5)
     stage3 = graph.add(
         "DLAStageConditioning",
         positive=graph.out(nodes.positive),
@@ -90,12 +85,10 @@ def test_stage3_only_schedule_equals_native_ksampler_with_stage3_conditioning(
     assert torch.equal(staged_latent, native_latent)
 
 
-def test_stage3_override_equals_native_ksampler_built_from_native_nodes_only(
-    comfy, graph, dla_pipeline, staged_sampler
-):
-    nodes = dla_pipeline(graph)
+def test_stage3_override_equals_native_ksampler_built_from_native_nodes_only(comfy, graph):
+    nodes = add_dla_pipeline(graph)
     zero = graph.add("ConditioningZeroOut", conditioning=graph.out(nodes.positive))
-    staged = staged_sampler(
+    staged = add_staged_sampler(
         graph, nodes, sampler_name="heun", tau1=1.0, tau2=1.0, denoise=0.5, stage3_conditioning=graph.out(zero)
     )
     native = _native(graph, nodes, _with_native_identity(graph, nodes, zero), "heun", 0.5)
@@ -130,12 +123,12 @@ def _mllm_off(graph, nodes, identity: bool):
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_cfg_above_one_with_a_negative_equals_native_ksampler(comfy, graph, dla_pipeline, staged_sampler, stage):
+def test_cfg_above_one_with_a_negative_equals_native_ksampler(comfy, graph, stage):
     """A connected negative is the unconditional of every stage (with the stage's references from stage 2 on)."""
-    nodes = dla_pipeline(graph)
+    nodes = add_dla_pipeline(graph)
     negative = graph.add("ConditioningZeroOut", conditioning=graph.out(nodes.positive))
     taus, denoise = {1: ((0.0, 0.0), 1.0), 2: ((1.0, 0.0), 0.5)}[stage]
-    staged = staged_sampler(
+    staged = add_staged_sampler(
         graph, nodes, cfg=CFG, tau1=taus[0], tau2=taus[1], denoise=denoise, negative=graph.out(negative)
     )
     if stage == 1:
@@ -149,7 +142,7 @@ def test_cfg_above_one_with_a_negative_equals_native_ksampler(comfy, graph, dla_
             denoise,
         )
     # Not vacuous: the same sampler with the positive as its own negative (what ignoring the negative would give).
-    ignored = staged_sampler(
+    ignored = add_staged_sampler(
         graph, nodes, cfg=CFG, tau1=taus[0], tau2=taus[1], denoise=denoise, negative=graph.out(nodes.positive)
     )
     graph.add("SaveLatent", samples=graph.out(ignored), filename_prefix="latents/dla_test")
@@ -159,13 +152,11 @@ def test_cfg_above_one_with_a_negative_equals_native_ksampler(comfy, graph, dla_
 
 
 @pytest.mark.parametrize("stage", [1, 2])
-def test_cfg_above_one_without_a_negative_uses_the_dla_null_as_unconditional(
-    comfy, graph, dla_pipeline, staged_sampler, stage
-):
+def test_cfg_above_one_without_a_negative_uses_the_dla_null_as_unconditional(comfy, graph, stage):
     """No negative connected: the unconditional is the DLA's "MLLM off" conditioning (+ the stage's references)."""
-    nodes = dla_pipeline(graph)
+    nodes = add_dla_pipeline(graph)
     taus, denoise = {1: ((0.0, 0.0), 1.0), 2: ((1.0, 0.0), 0.5)}[stage]
-    staged = staged_sampler(graph, nodes, cfg=CFG, tau1=taus[0], tau2=taus[1], denoise=denoise)
+    staged = add_staged_sampler(graph, nodes, cfg=CFG, tau1=taus[0], tau2=taus[1], denoise=denoise)
     if stage == 1:
         native = _native_cfg(graph, nodes, nodes.positive, _mllm_off(graph, nodes, identity=False), denoise)
     else:
@@ -178,7 +169,7 @@ def test_cfg_above_one_without_a_negative_uses_the_dla_null_as_unconditional(
         )
     # Not vacuous: a zeroed text as unconditional gives another result.
     zero = graph.add("ConditioningZeroOut", conditioning=graph.out(nodes.positive))
-    zeroed = staged_sampler(
+    zeroed = add_staged_sampler(
         graph, nodes, cfg=CFG, tau1=taus[0], tau2=taus[1], denoise=denoise, negative=graph.out(zero)
     )
     graph.add("SaveLatent", samples=graph.out(zeroed), filename_prefix="latents/dla_test")
@@ -187,13 +178,11 @@ def test_cfg_above_one_without_a_negative_uses_the_dla_null_as_unconditional(
     assert not torch.allclose(staged_latent, comfy.output(zeroed)["samples"], atol=1e-4)
 
 
-def test_stage3_conditioning_carries_the_learned_null_of_the_dla_file(
-    comfy, graph, dla_pipeline, tiny_models_dir, tiny_names
-):
+def test_stage3_conditioning_carries_the_learned_null_of_the_dla_file(comfy, graph, tiny_models_dir, tiny_names):
     """Stage 3's text is exactly the DLA file's null tokens and null pooled vector (the tiny DLA's null is not zero)."""
     from dla_core.checkpoint import load_dla
 
-    nodes = dla_pipeline(graph)
+    nodes = add_dla_pipeline(graph)
     stage3 = _mllm_off(graph, nodes, identity=True)
     graph.add("PreviewAny", source=graph.out(stage3))  # an output node, so ComfyUI runs the stage-3 node
     result = comfy.run(graph.prompt)

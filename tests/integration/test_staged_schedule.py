@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dla_harness import add_dla_pipeline, add_staged_sampler
 
 pytestmark = pytest.mark.integration
 
@@ -15,9 +16,9 @@ def _save(graph, node):
     return graph.add("SaveLatent", samples=graph.out(node), filename_prefix="latents/dla_schedule")
 
 
-def test_mixed_schedule_differs_from_every_single_stage(comfy, graph, dla_pipeline, staged_sampler):
-    nodes = dla_pipeline(graph)
-    mixed = staged_sampler(graph, nodes)  # tau 0.95 / 0.85: step 1 in stage 1, step 2 in stage 3
+def test_mixed_schedule_differs_from_every_single_stage(comfy, graph):
+    nodes = add_dla_pipeline(graph)
+    mixed = add_staged_sampler(graph, nodes)  # tau 0.95 / 0.85: step 1 in stage 1, step 2 in stage 3
     singles = []
     for stage in ("1: MLLM only", "2: MLLM + identity", "3: identity only"):
         conditioning = graph.add(
@@ -51,9 +52,7 @@ def test_mixed_schedule_differs_from_every_single_stage(comfy, graph, dla_pipeli
 COMPOSITION_ATOL = 1e-5
 
 
-def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
-    comfy, graph, dla_pipeline, staged_sampler
-):
+def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(comfy, graph):
     """tau 0.95 / 0.85 over 2 euler steps = step 1 (t=1) with stage 1's conditioning, then step 2 (t=0.7595) with
     stage 3's: two native KSamplerAdvanced over the same "simple" schedule, split after step 1.
 
@@ -63,8 +62,8 @@ def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
     split. A wrong stage for step 2 moves the latent by ~0.66 (a stage selection shifted by 0.1 in t, tried), and the
     composition with stage 2 in step 2 must differ by > 1000x the tolerance (asserted).
     """
-    nodes = dla_pipeline(graph)
-    mixed = staged_sampler(graph, nodes)
+    nodes = add_dla_pipeline(graph)
+    mixed = add_staged_sampler(graph, nodes)
     stage1 = nodes.positive  # stage 1: the DLA's conditioning as it is
     stage3 = graph.add(
         "DLAStageConditioning",
@@ -126,8 +125,8 @@ def test_mixed_schedule_equals_native_advanced_samplers_over_the_split_schedule(
     assert (comfy.output(wrong)["samples"] - native_latent).abs().max().item() > 1000 * COMPOSITION_ATOL
 
 
-def test_guider_picks_the_stage_of_every_model_call_of_a_second_order_sampler(comfy, graph, dla_pipeline):
-    nodes = dla_pipeline(graph)
+def test_guider_picks_the_stage_of_every_model_call_of_a_second_order_sampler(comfy, graph):
+    nodes = add_dla_pipeline(graph)
     guider = graph.add(
         "DLAStagedGuider",
         model=graph.out(nodes.model),

@@ -10,8 +10,8 @@
   end of every pytest session (``pytest_terminal_summary`` below, registered by tests/conftest.py)
   so CI logs show what a run was made with.
 
-Loaded as the top-level module ``ci_guard`` (tests/ is on ``sys.path`` through tests/conftest.py);
-tests/integration/server.py also imports it when it runs as a script.
+Loaded as the top-level module ``ci_guard`` from tests/lib (on ``sys.path`` through tests/conftest.py);
+the harness package ``dla_harness`` next to it uses :func:`find_comfyui` and :func:`skip_or_fail`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import NoReturn
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Written by .ci/run next to a ComfyUI it unpacked from a source tarball (which has no .git):
 # one line "<tarball> <origin repository>@<commit>".
 SOURCE_MARKER = ".dla-ci-source"

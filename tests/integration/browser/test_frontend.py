@@ -19,7 +19,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import ci_guard  # tests/ci_guard.py
+import ci_guard  # tests/lib/ci_guard.py
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]

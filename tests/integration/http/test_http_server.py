@@ -1,7 +1,7 @@
 """The pack inside the real ComfyUI HTTP server (`main.py --cpu`): /object_info, /prompt, /history, /interrupt.
 
 The server runs the tiny models; the shipped workflows are remapped onto them by
-`dla_workflow_prompts.tiny_prompt` (file names per `server.USER_MODEL_NAMES`, sizes and steps
+`dla_harness.workflow_prompts.tiny_prompt` (file names per `dla_harness.server.USER_MODEL_NAMES`, sizes and steps
 per `TINY_RUN_OVERRIDES`).
 """
 
@@ -12,12 +12,11 @@ import copy
 import json
 import uuid
 
-import dla_workflow_prompts as wf
 import numpy as np
 import pytest
+from dla_harness import server as dla_server
+from dla_harness import workflow_prompts as wf
 from PIL import Image
-
-dla_server = wf.load_server_module()
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,15 +5,14 @@ base directory (custom_nodes/comfyui-dla-subject -> this repository, models/ -> 
 waits until it answers, talks to it over plain HTTP, and stops it with Ctrl-C so it shuts down
 the way a person's server does. Its log is kept in test-artifacts/comfyui-server.log.
 
-`comfy_server_fixture` is the session fixture body the HTTP and the browser conftests share: one
-server for the whole pytest session, so ComfyUI starts once.
+`comfy_server_fixture` is the body of the session fixture ``comfy_server`` (tests/integration/conftest.py):
+one server for the whole pytest session, so ComfyUI starts once for the HTTP and the browser tests.
 
-The models tree it serves is the tiny one from tests/integration/conftest.py, plus the file
-names real users have (`USER_MODEL_NAMES`) as symlinks to the tiny files, so the shipped
-workflows' dropdown values exist on this server exactly as on a person's.
+The models tree it serves is the tiny one (:mod:`dla_harness.tree`), plus the file names real users
+have (`USER_MODEL_NAMES`) as symlinks to the tiny files, so the shipped workflows' dropdown values
+exist on this server exactly as on a person's.
 
-This file is loaded by path (ComfyUI has its own top-level `server` and `tests` modules), and
-runs as a script to serve by hand: `python tests/integration/server.py` prints the URL.
+Serve by hand: `PYTHONPATH=tests/lib python -m dla_harness.server [models-dir]` prints the URL.
 """
 
 from __future__ import annotations
@@ -31,9 +30,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ci_guard import find_comfyui
+
+from dla_harness.tree import PACK_DIR_NAME, REPO_ROOT, TINY_DLA, TINY_FLUX, TINY_LORA, TINY_MLLM, TINY_VAE
+
 ARTIFACTS_DIR = REPO_ROOT / "test-artifacts"
-PACK_DIR_NAME = "comfyui-dla-subject"
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 20.0
 
@@ -45,17 +46,6 @@ FRONTEND_SETTINGS = {
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Workflow.ShowMissingModelsWarning": True,
 }
-
-
-def find_comfyui() -> tuple[Path | None, str]:
-    """The ComfyUI checkout to run, as ``(path, "")`` or ``(None, reason)``: $COMFYUI_PATH, the ComfyUI this
-    pack sits in, /opt/ComfyUI (tests/ci_guard.py, the same search as the tests')."""
-    tests_dir = str(REPO_ROOT / "tests")
-    if tests_dir not in sys.path:  # run as a script; under pytest tests/ is already importable
-        sys.path.append(tests_dir)
-    import ci_guard
-
-    return ci_guard.find_comfyui()
 
 
 def free_port() -> int:
@@ -257,14 +247,14 @@ def history_messages(entry: dict, kind: str) -> list[dict]:
 
 
 # -- the models tree with the names people have ---------------------------------------------------
-# (model folder, the file/folder name users have) -> the tiny file/folder of tests/integration/conftest.py
-# that stands in for it. The workflows in workflows/ use the left-hand names.
+# (model folder, the file/folder name users have) -> the tiny file/folder (dla_harness.tree) that stands
+# in for it. The workflows in workflows/ use the left-hand names.
 USER_MODEL_NAMES = {
-    ("diffusion_models", "flux1-dev.safetensors"): "tiny_flux.safetensors",
-    ("vae", "ae.safetensors"): "tiny_ae.safetensors",
-    ("loras", "dla_internvl3-8b_flux1-dev_lora.safetensors"): "tiny_flux_lora.safetensors",
-    ("mllm", "InternVL3-8B-hf"): "tiny-internvl",
-    ("dla", "dla_internvl3-8b_flux1-dev.safetensors"): "tiny_dla.safetensors",
+    ("diffusion_models", "flux1-dev.safetensors"): TINY_FLUX,
+    ("vae", "ae.safetensors"): TINY_VAE,
+    ("loras", "dla_internvl3-8b_flux1-dev_lora.safetensors"): TINY_LORA,
+    ("mllm", "InternVL3-8B-hf"): TINY_MLLM,
+    ("dla", "dla_internvl3-8b_flux1-dev.safetensors"): TINY_DLA,
 }
 # Names in the Qwen-Image-Edit / FLUX Kontext workflows, listed on the server as empty placeholder files so
 # the front end offers them (browser tests). Those workflows need ComfyUI's full-size text encoders through
@@ -354,8 +344,8 @@ def comfy_server_fixture(comfyui_path, tiny_models_dir):
         release_server()
 
 
-if __name__ == "__main__":  # serve by hand: python tests/integration/server.py [models-dir]
-    sys.path.append(str(REPO_ROOT))
+if __name__ == "__main__":  # serve by hand: PYTHONPATH=tests/lib python -m dla_harness.server [models-dir]
+    sys.path.append(str(REPO_ROOT))  # dla_core, to build the tiny models
     # Ctrl-C and `kill` both stop the server cleanly, also when a shell started this script in the
     # background (which leaves SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -366,17 +356,9 @@ if __name__ == "__main__":  # serve by hand: python tests/integration/server.py 
     if len(sys.argv) > 1:
         tiny = Path(sys.argv[1])
     else:
-        import importlib.util
+        from dla_harness.tree import build_tiny_models_tree, tiny_flux_width
 
-        spec = importlib.util.spec_from_file_location(
-            "dla_integration_conftest", Path(__file__).with_name("conftest.py")
-        )
-        harness = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = harness  # its dataclasses look their module up
-        spec.loader.exec_module(harness)
-        tiny = harness.build_tiny_models_tree(
-            Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), harness.tiny_flux_width(comfyui)
-        )
+        tiny = build_tiny_models_tree(Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), tiny_flux_width(comfyui))
     server = acquire_server(comfyui, tiny)
     print(f"ComfyUI with the pack on {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
     try:

@@ -13,12 +13,11 @@ are dropped.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from dla_harness.tree import REPO_ROOT
+
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -35,17 +34,6 @@ TINY_RUN_OVERRIDES = {
     "DLAStagedKSampler": {"steps": 3},
     "DLAMLLMJointEncode": {"image_size": 56},  # the tiny InternVL's tile size
 }
-
-
-def load_server_module():
-    """tests/integration/server.py under a private name (ComfyUI owns the module names `server` and `tests`)."""
-    name = "dla_integration_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "server.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def ui_workflows() -> list[Path]:
@@ -125,8 +113,8 @@ def without_meta(prompt: dict) -> dict:
 def tiny_prompt(api_prompt: dict, user_model_names: dict, overrides: dict = TINY_RUN_OVERRIDES) -> dict:
     """The shipped API prompt on the tiny models: file names swapped, sizes and steps shrunk.
 
-    ``user_model_names`` maps (model folder, user's file name) -> tiny file name (the server
-    module's USER_MODEL_NAMES); e.g. flux1-dev.safetensors -> tiny_flux.safetensors,
+    ``user_model_names`` maps (model folder, user's file name) -> tiny file name
+    (``dla_harness.server.USER_MODEL_NAMES``); e.g. flux1-dev.safetensors -> tiny_flux.safetensors,
     InternVL3-8B-hf -> tiny-internvl. Every input holding a user's name gets the tiny one.
     """
     by_user_name = {user_name: tiny for (_, user_name), tiny in user_model_names.items()}
