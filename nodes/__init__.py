@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .dla_nodes import DLAAggregate, DLALoader
+from .flux2_clip import DLAFlux2TextEncode
 from .identity_nodes import DLAVAEIdentityEncode
 from .mllm_nodes import DLAMLLMJointEncode, DLAMLLMLoader
 from .model_folders import register_model_folders
@@ -25,6 +26,7 @@ NODES: list[type[io.ComfyNode]] = [
     DLAStageConditioning,
     DLAQwenCLIPJointEncode,
     DLAReferenceLatents,
+    DLAFlux2TextEncode,
     DLAStagedKSamplerAdvanced,
 ]
 

@@ -17,6 +17,7 @@ NODE_IDS = [
     "DLAStageConditioning",
     "DLAQwenCLIPJointEncode",
     "DLAReferenceLatents",
+    "DLAFlux2TextEncode",
     "DLAStagedKSamplerAdvanced",
 ]
 
