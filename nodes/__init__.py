@@ -13,7 +13,7 @@ from .model_folders import register_model_folders
 from .qwen_clip import DLAQwenCLIPJointEncode
 from .qwen_identity import DLAReferenceLatents
 from .sampler_nodes import DLAStageConditioning, DLAStagedGuider, DLAStagedKSampler
-from .staged_advanced import DLAStagedKSamplerAdvanced
+from .staged_advanced import DLAStagedGuiderAdvanced, DLAStagedKSamplerAdvanced
 
 NODES: list[type[io.ComfyNode]] = [
     DLAMLLMLoader,
@@ -28,6 +28,7 @@ NODES: list[type[io.ComfyNode]] = [
     DLAReferenceLatents,
     DLAFlux2TextEncode,
     DLAStagedKSamplerAdvanced,
+    DLAStagedGuiderAdvanced,
 ]
 
 

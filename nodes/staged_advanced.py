@@ -84,14 +84,119 @@ def staged_ksample_advanced(
     ``reference_timing`` (e.g. ``"0.95-0, 1-0.5"``): each reference's own active time range, in
     the order the conditionings hold them (:mod:`dla_core.reference_timing`).
     """
-    guider = PerStageGuider(model, tau1, tau2, parse_reference_timing(reference_timing))
-    guider.set_stage_conds(positives, negatives)
-    guider.set_cfg(cfg)
+    guider = staged_guider_advanced(model, cfg, tau1, tau2, positives, negatives, reference_timing)
     return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
 
 
+def _stage_conditioning_inputs() -> list:
+    """positive_stage1..3 and negative_stage1..3 (every stage after the first optional)."""
+    return [
+        io.Conditioning.Input(
+            "positive_stage1",
+            tooltip="Positive conditioning of stage 1 (t >= tau1), e.g. the prompt without reference latents.",
+        ),
+        io.Conditioning.Input(
+            "positive_stage2",
+            optional=True,
+            tooltip="Positive conditioning of stage 2 (tau2 <= t < tau1), e.g. the prompt + reference latents. "
+            "Not connected: stage 1's.",
+        ),
+        io.Conditioning.Input(
+            "positive_stage3",
+            optional=True,
+            tooltip="Positive conditioning of stage 3 (t < tau2), e.g. the reference latents with the text kept "
+            "(FLUX.2, Qwen-Image-Edit) or zeroed (Kontext). Not connected: stage 2's.",
+        ),
+        io.Conditioning.Input(
+            "negative_stage1", optional=True, tooltip="Negative conditioning of stage 1 (needed when cfg > 1)."
+        ),
+        io.Conditioning.Input(
+            "negative_stage2",
+            optional=True,
+            tooltip="Negative of stage 2; give it the same reference latents as the positive. Not connected: "
+            "stage 1's.",
+        ),
+        io.Conditioning.Input(
+            "negative_stage3", optional=True, tooltip="Negative of stage 3. Not connected: stage 2's."
+        ),
+    ]
+
+
+def _cfg_input(default: float) -> io.Float.Input:
+    return io.Float.Input(
+        "cfg",
+        default=default,
+        min=0.0,
+        max=100.0,
+        step=0.1,
+        round=0.01,
+        tooltip="Classifier-free guidance scale. FLUX Kontext and FLUX.2 [dev]: 1 (guidance goes through "
+        "FluxGuidance); FLUX.2 [klein] base and Qwen-Image-Edit: about 4 with a negative.",
+    )
+
+
+def _stage_and_timing_inputs() -> list:
+    """tau1, tau2 and the optional per-reference timing."""
+    return [
+        io.Float.Input(
+            "tau1",
+            default=DEFAULT_TAU1,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps "
+            "skips stage 1.",
+        ),
+        io.Float.Input(
+            "tau2",
+            default=DEFAULT_TAU2,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
+        ),
+        io.String.Input(
+            "reference_timing",
+            default="",
+            optional=True,
+            tooltip="Optional: each reference's own active range of t, one 'high-low' per reference in the "
+            f"order the conditioning holds them, e.g. '{TIMING_EXAMPLE}' (reference 1 from t < 0.95 to the "
+            "end, reference 2 from the start until t = 0.5). Active while low <= t < high (high = 1 includes "
+            "pure noise). References after the last range, and all when empty, stay active in every stage "
+            "that carries them. Works inside the stages: a reference is used only where its stage's "
+            "conditioning holds it and its range is active.",
+        ),
+    ]
+
+
+def _validate_stage_inputs(tau1, tau2, reference_timing) -> bool | str:
+    checked = validate_taus_input(tau1, tau2)
+    if checked is not True:
+        return checked
+    try:
+        parse_reference_timing(reference_timing)
+    except DLAInputError as error:
+        return str(error)
+    return True
+
+
+def _stage_dicts(positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3):
+    positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
+    negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
+    return positives, negatives
+
+
+STAGED_DESCRIPTION = (
+    "stage 1 while t >= tau1, stage 2 while tau2 <= t < tau1, stage 3 below tau2 (t = flow time, 1 = pure noise). "
+    "Wire e.g. text only to stage 1 and text + reference latents to stages 2 and 3 to delay identity and avoid "
+    "copy-paste (FLUX.2, Qwen-Image-Edit, Kontext). An unconnected stage reuses the previous stage's "
+    "conditioning; reference_timing gives each reference its own range of t. With every step in one stage the "
+    "result equals ComfyUI's sampler with that stage's conditioning."
+)
+
+
 class DLAStagedKSamplerAdvanced(io.ComfyNode):
-    """KSampler with one conditioning per denoising stage (delayed identity for Kontext, Qwen-Image-Edit, ...)."""
+    """KSampler with one conditioning per denoising stage (delayed identity for FLUX.2, Kontext, Qwen-Image-Edit)."""
 
     @classmethod
     def define_schema(cls):
@@ -99,61 +204,18 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
             node_id="DLAStagedKSamplerAdvanced",
             display_name="Staged KSampler (Advanced, DLA)",
             category=CATEGORY,
-            description=(
-                "One sampler pass whose conditioning changes with the denoising stage: stage 1 while t >= tau1, stage "
-                "2 "
-                "while tau2 <= t < tau1, stage 3 below tau2 (t = flow time, 1 = pure noise). Wire e.g. text only to "
-                "stage 1 and text + reference latents to stages 2 and 3 to delay identity and avoid copy-paste. "
-                "An unconnected stage reuses the previous stage's conditioning. With every step in one stage the "
-                "result equals ComfyUI's KSampler with that stage's conditioning."
-            ),
+            description="One sampler pass whose conditioning changes with the denoising stage: " + STAGED_DESCRIPTION,
             inputs=[
                 io.Model.Input(
-                    "model", tooltip="The diffusion model (FLUX Kontext, Qwen-Image-Edit, any ComfyUI MODEL)."
+                    "model", tooltip="The diffusion model (FLUX.2, FLUX Kontext, Qwen-Image-Edit, any ComfyUI MODEL)."
                 ),
-                io.Conditioning.Input(
-                    "positive_stage1",
-                    tooltip="Positive conditioning of stage 1 (t >= tau1), e.g. the prompt without reference latents.",
-                ),
-                io.Conditioning.Input(
-                    "positive_stage2",
-                    optional=True,
-                    tooltip="Positive conditioning of stage 2 (tau2 <= t < tau1), e.g. the prompt + reference latents. "
-                    "Not connected: stage 1's.",
-                ),
-                io.Conditioning.Input(
-                    "positive_stage3",
-                    optional=True,
-                    tooltip="Positive conditioning of stage 3 (t < tau2), e.g. reference latents with the text zeroed. "
-                    "Not connected: stage 2's.",
-                ),
-                io.Conditioning.Input(
-                    "negative_stage1", optional=True, tooltip="Negative conditioning of stage 1 (needed when cfg > 1)."
-                ),
-                io.Conditioning.Input(
-                    "negative_stage2",
-                    optional=True,
-                    tooltip="Negative of stage 2; give it the same reference latents as the positive. Not connected: "
-                    "stage 1's.",
-                ),
-                io.Conditioning.Input(
-                    "negative_stage3", optional=True, tooltip="Negative of stage 3. Not connected: stage 2's."
-                ),
+                *_stage_conditioning_inputs(),
                 io.Latent.Input("latent_image", tooltip="The latent to denoise (empty latent for text-to-image)."),
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."
                 ),
                 io.Int.Input("steps", default=20, min=1, max=10000, tooltip="Denoising steps."),
-                io.Float.Input(
-                    "cfg",
-                    default=1.0,
-                    min=0.0,
-                    max=100.0,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Classifier-free guidance scale. FLUX Kontext: 1 (guidance goes through FluxGuidance); "
-                    "Qwen-Image-Edit: about 4 with a negative.",
-                ),
+                _cfg_input(1.0),
                 io.Combo.Input(
                     "sampler_name",
                     options=comfy.samplers.SAMPLER_NAMES,
@@ -168,48 +230,14 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
                     step=0.01,
                     tooltip="Fraction of the schedule to run (1 = from pure noise).",
                 ),
-                io.Float.Input(
-                    "tau1",
-                    default=DEFAULT_TAU1,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps "
-                    "skips stage 1.",
-                ),
-                io.Float.Input(
-                    "tau2",
-                    default=DEFAULT_TAU2,
-                    min=0.0,
-                    max=1.0,
-                    step=0.01,
-                    tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
-                ),
-                io.String.Input(
-                    "reference_timing",
-                    default="",
-                    optional=True,
-                    tooltip="Optional: each reference's own active range of t, one 'high-low' per reference in the "
-                    f"order the conditioning holds them, e.g. '{TIMING_EXAMPLE}' (reference 1 from t < 0.95 to the "
-                    "end, reference 2 from the start until t = 0.5). Active while low <= t < high (high = 1 includes "
-                    "pure noise). References after the last range, and all when empty, stay active in every stage "
-                    "that carries them. Works inside the stages: a reference is used only where its stage's "
-                    "conditioning holds it and its range is active.",
-                ),
+                *_stage_and_timing_inputs(),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
-        checked = validate_taus_input(tau1, tau2)
-        if checked is not True:
-            return checked
-        try:
-            parse_reference_timing(reference_timing)
-        except DLAInputError as error:
-            return str(error)
-        return True
+        return _validate_stage_inputs(tau1, tau2, reference_timing)
 
     @classmethod
     def execute(
@@ -232,8 +260,9 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         negative_stage3=None,
         reference_timing="",
     ) -> io.NodeOutput:
-        positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
-        negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
+        positives, negatives = _stage_dicts(
+            positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+        )
         return io.NodeOutput(
             staged_ksample_advanced(
                 model,
@@ -251,3 +280,57 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
                 reference_timing,
             )
         )
+
+
+def staged_guider_advanced(model, cfg, tau1, tau2, positives: dict, negatives: dict, reference_timing: str = ""):
+    """A :class:`PerStageGuider` with every stage's conditioning and the reference timing set."""
+    guider = PerStageGuider(model, tau1, tau2, parse_reference_timing(reference_timing))
+    guider.set_stage_conds(positives, negatives)
+    guider.set_cfg(cfg)
+    return guider
+
+
+class DLAStagedGuiderAdvanced(io.ComfyNode):
+    """The advanced staged conditioning as a GUIDER (FLUX.2's own scheduler, any sampler and noise)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="DLAStagedGuiderAdvanced",
+            display_name="Staged Guider (Advanced, DLA)",
+            category=CATEGORY,
+            description="A GUIDER for SamplerCustomAdvanced whose conditioning changes with the denoising stage: "
+            + STAGED_DESCRIPTION
+            + " Use it where the model has its own sigmas node (Flux2Scheduler for FLUX.2).",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (FLUX.2, FLUX Kontext, Qwen-Image-Edit, ...)."),
+                *_stage_conditioning_inputs(),
+                _cfg_input(1.0),
+                *_stage_and_timing_inputs(),
+            ],
+            outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
+        return _validate_stage_inputs(tau1, tau2, reference_timing)
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        positive_stage1,
+        cfg,
+        tau1,
+        tau2,
+        positive_stage2=None,
+        positive_stage3=None,
+        negative_stage1=None,
+        negative_stage2=None,
+        negative_stage3=None,
+        reference_timing="",
+    ) -> io.NodeOutput:
+        positives, negatives = _stage_dicts(
+            positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+        )
+        return io.NodeOutput(staged_guider_advanced(model, cfg, tau1, tau2, positives, negatives, reference_timing))

@@ -244,3 +244,60 @@ def test_bad_timings_are_one_clear_node_error_and_the_server_keeps_serving(comfy
     graph.prompt[sampler]["inputs"]["reference_timing"] = "0.9-0"
     good = comfy.run(graph.prompt)
     assert good.success, good.error_text
+
+
+@pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)
+def test_the_staged_guider_with_flux2_sigmas_equals_the_staged_ksampler_and_native_per_stage(family_models, family):
+    """DLAStagedGuiderAdvanced + SamplerCustomAdvanced (FLUX.2's own Flux2Scheduler where it exists).
+
+    One-stage schedules equal ComfyUI's CFGGuider on that stage's conditioning, bit for bit; the
+    mixed schedule sends no references at t >= tau1.
+    """
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import CFGGuider, RandomNoise, SamplerCustomAdvanced
+
+    found = _family(family_models, family)
+    if found is None:
+        return
+    model, text, latent, references = found
+    advanced = pack_module("nodes.staged_advanced")
+    sigmas = _sigmas_for(model, family)
+    noise = RandomNoise.execute(SEED).result[0]
+    sampler = comfy.samplers.sampler_object("euler")
+    conditioning = with_references(text, references)
+
+    def run(guider, sigmas=sigmas) -> torch.Tensor:
+        return SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent).result[0]["samples"]
+
+    # all calls in stage 1 (tau 0/0); all in stage 2 (tau1 = 1 with the schedule started below t = 1)
+    for tau1, tau2, stage_positive, stage_sigmas in ((0.0, 0.0, text, sigmas), (1.0, 0.0, conditioning, sigmas[1:])):
+        staged = advanced.DLAStagedGuiderAdvanced.execute(model, text, 1.0, tau1, tau2, positive_stage2=conditioning)
+        native = CFGGuider.execute(model, stage_positive, stage_positive, 1.0).result[0]
+        assert torch.equal(run(staged.result[0], stage_sigmas), run(native, stage_sigmas))
+    probe = Probe(model)
+    guider = advanced.DLAStagedGuiderAdvanced.execute(
+        probe.model, text, 1.0, 0.95, 0.0, positive_stage2=conditioning
+    ).result[0]
+    run(guider)
+    sizes = [tuple(r.shape[-2:]) for r in references]
+    scale = _time_scale(model)
+    expected = [[] if t / scale >= 0.95 else sizes for t, _ in probe.calls]
+    assert [refs for _, refs in probe.calls] == expected
+    assert expected[0] == [] and expected[-1] == sizes  # both stages were visited
+
+
+def _time_scale(model) -> float:
+    """The model's timestep at t = 1 (FLUX: 1; Qwen-Image: 1; the probe reads raw timesteps)."""
+    model_sampling = model.get_model_object("model_sampling")
+    return float(model_sampling.timestep(model_sampling.sigma_max))
+
+
+def _sigmas_for(model, family: str) -> torch.Tensor:
+    """FLUX.2's own Flux2Scheduler sigmas for the FLUX.2 families, else the model's 'simple' schedule."""
+    import comfy.samplers
+
+    if family.startswith("flux2"):
+        from comfy_extras.nodes_flux import Flux2Scheduler
+
+        return Flux2Scheduler.execute(STEPS, 64, 64).result[0]
+    return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)

@@ -19,6 +19,7 @@ NODE_IDS = [
     "DLAReferenceLatents",
     "DLAFlux2TextEncode",
     "DLAStagedKSamplerAdvanced",
+    "DLAStagedGuiderAdvanced",
 ]
 
 
