@@ -50,6 +50,7 @@ class PerStageGuider(StagedCFGGuider):
 
     def set_stage_conds(self, positives: dict, negatives: dict) -> None:
         positives, negatives = resolve_stage_conditionings(positives, negatives)
+        self._sources = {stage: (id(positives[stage]), id(negatives[stage])) for stage in ALL_STAGES}
         conds = {}
         self._available = {}
         for stage in ALL_STAGES:

@@ -157,6 +157,8 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self.reference_log: list[tuple[float, tuple[bool, ...]]] = []  # (t, active references) per model call
         self._available: dict[int, tuple[bool, bool]] = {}
         self._reference_counts: dict[int, int] = {}  # stage -> references its conditionings carry
+        # stage -> ids of the (positive, negative) conditionings it was given; stages sharing them share keys/values
+        self._sources: dict[int, tuple[int, int]] = {}
 
     def set_conds(self, positive, negative=None, identity: ReferenceIdentity | None = None, stage3_positive=None):
         if identity is None:
@@ -229,11 +231,21 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         return tuple(timed_key(key, mask) for key in STAGE_COND_KEYS[stage])
 
     def _pairs_with_references(self, pairs: list[tuple[int, tuple[bool, ...]]]) -> list[str]:
-        found = []
+        """Labels of the distinct reference-carrying conditionings the calls in ``pairs`` use.
+
+        Stages fed the very same conditioning (an unconnected stage reuses the previous one) with the
+        same active references count once: the keys/values of their reference tokens are the same.
+        """
+        found, seen = [], set()
         for stage, mask in pairs:
             conds = [self.original_conds.get(key) or [] for key in self._keys_of(stage, mask)]
-            if any("reference_latents" in cond for group in conds for cond in group):
-                found.append(str(stage) if all(mask) else f"{stage} ({describe_mask(mask)})")
+            if not any("reference_latents" in cond for group in conds for cond in group):
+                continue
+            source = (self._sources.get(stage, stage), mask)
+            if source in seen:
+                continue
+            seen.add(source)
+            found.append(str(stage) if all(mask) else f"{stage} ({describe_mask(mask)})")
         return found
 
     def _check_kv_cache(self, pairs: list[tuple[int, tuple[bool, ...]]]) -> None:

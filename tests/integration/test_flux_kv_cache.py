@@ -71,3 +71,27 @@ def test_kv_cache_with_references_in_two_stages_is_refused_with_a_fix(comfy, flu
     assert torch.isfinite(_run(cached, 1.0, 0.0)).all()
     # Without the cache the refused schedule runs.
     assert torch.isfinite(_run(flux, 1.0, 0.5)).all()
+
+
+def test_kv_cache_with_one_reference_conditioning_shared_by_stages_2_and_3_runs(comfy, flux):
+    """The FLUX.2 / 2511 recipe (stage 3 reuses stage 2's conditioning): one set of reference keys/values, allowed.
+
+    A reference timing that changes the active references mid-run is refused like two conditionings.
+    """
+    import nodes as comfy_nodes
+
+    kv_node = comfy_nodes.NODE_CLASS_MAPPINGS.get("FluxKVCache")
+    text, with_refs, _ = _conditionings()
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    node = pack_module("nodes.staged_advanced").DLAStagedKSamplerAdvanced
+    model = flux if kv_node is None else kv_node.execute(flux).result[0]
+    shared = node.execute(model, text, latent, tau1=0.95, tau2=0.5, positive_stage2=with_refs, **COMMON)
+    assert torch.isfinite(shared.result[0]["samples"]).all()
+    if kv_node is None:
+        return
+    two_refs = [[text[0][0], {**with_refs[0][1], "reference_latents": with_refs[0][1]["reference_latents"] * 2}]]
+    error = pack_module("dla_core.errors").DLAInputError
+    with pytest.raises(error, match="Flux KV Cache.*reference"):
+        node.execute(
+            model, text, latent, tau1=0.95, tau2=0.5, positive_stage2=two_refs, reference_timing="0.6-0", **COMMON
+        )
