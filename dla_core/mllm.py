@@ -39,7 +39,8 @@ from .spec import MLLMSpec, read_mllm_spec
 
 MAX_IMAGE_SIZE = 4096  # px; an MLLM-side reference resolution beyond this is surely a typo
 # mm_token_type_ids: transformers 5 Qwen-VL processors return it and the models need it for M-RoPE
-_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+# image_sizes: Mistral-3's Pixtral tower takes each image's (height, width)
+_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "image_sizes")
 _PROMPT_SENTINEL = "\u2063DLA-PROMPT\u2063"  # invisible separator; never in a real prompt
 
 
@@ -79,6 +80,7 @@ def _model_class(family: str):
         "internvl": "InternVLForConditionalGeneration",
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
         "qwen3_vl": "Qwen3VLForConditionalGeneration",
+        "mistral3": "Mistral3ForConditionalGeneration",
     }
     cls = getattr(transformers, names[family], None)
     if cls is None:
@@ -242,7 +244,11 @@ def _load_processor(folder: Path):
 
 
 def load_mllm(folder: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> LoadedMLLM:
-    """Load a local HF-format vision-language model folder (InternVL -hf, Qwen2.5-VL, Qwen3-VL).
+    """Load a local HF-format vision-language model folder (InternVL -hf, Qwen2.5-VL, Qwen3-VL, Mistral-3).
+
+    Mistral-3 is ``Mistral3ForConditionalGeneration`` (Mistral-Small-3.1/3.2 24B with its Pixtral
+    vision tower): the vision-language form of FLUX.2 [dev]'s text encoder, so a FLUX.2 DLA can read
+    a reference image jointly with the text (features of family ``mistral3``, 41 x 5120).
 
     ``dtype``: "auto" (the folder's own dtype, see :func:`resolve_dtype`), "bf16", "fp16",
     "fp32" or a ``torch.dtype``. ``device``: where the weights are put after loading.
@@ -350,6 +356,8 @@ def _prepare_images(mllm: LoadedMLLM, images: list, image_size: int | None) -> t
     gives ``image_seq_length`` tokens (256 for InternVL3). Qwen-VL: the processor resizes the
     reference to about ``image_size**2`` pixels (aspect kept, sides multiples of
     patch*merge = 28 for Qwen2.5-VL, 32 for Qwen3-VL); one token per 28x28 (32x32) block.
+    Mistral-3 (Pixtral): the reference is resized so its longer side is ``image_size`` (the
+    processor still caps it at its ``longest_edge``); one token per 28x28 block.
     ``None`` keeps the processor's own defaults.
     """
     if image_size is None:
@@ -364,6 +372,10 @@ def _prepare_images(mllm: LoadedMLLM, images: list, image_size: int | None) -> t
             f"{MIN_IMAGE_SIDE} and {MAX_IMAGE_SIZE} (InternVL3 reads 448 px tiles, Qwen-VL any size)."
         )
     image_processor = mllm.processor.image_processor
+    if mllm.family == "mistral3":
+        # Pixtral keeps the aspect ratio, caps the longer side at its own longest_edge and cuts
+        # 14 px patches (2 x 2 merged: one image token per 28 x 28 px, plus a break per row).
+        return [resize_for_mllm(image, max_side=image_size) for image in images], {}
     if mllm.family == "internvl":
         tile = int(image_processor.size["height"])
         images = [resize_for_mllm(image, max_side=image_size) for image in images]
@@ -509,7 +521,8 @@ def encode_joint(
     ``[batch, height, width, 3]`` whose batch items each count as one reference); for B
     prompts, a list of B such lists, or one flat list shared by all prompts. Several
     references are tagged "Picture 1: ", "Picture 2: " ... before each image.
-    ``image_size``: MLLM-side reference resolution in px (see :func:`_prepare_images`);
+    ``image_size``: MLLM-side reference resolution in px (see :func:`_prepare_images`;
+    Mistral-3: the longer side, like InternVL);
     ``None`` = the processor's defaults. ``layers``: indices of the hidden states to keep, in
     that order (negative count from the end); ``None`` = all. The forward stops after the
     highest kept layer.

@@ -14,6 +14,7 @@ from ..dla_core.features import MLLMFeatures
 from ..dla_core.flux.sampling import DEFAULT_GUIDANCE  # the paper's 2.5 (arXiv 2605.26111); FLUX Kontext's default too
 from ..dla_core.staging import strip_padding
 from .managed_models import load_whole, manage, run_devices
+from .model_fit import check_dla_fits_model
 from .model_folders import list_dla_files, resolve_dla_file
 from .types import CATEGORY, DLA, MLLM_FEATURES, MLLM_OFF_KEY, DLAHandle, expect
 
@@ -110,6 +111,13 @@ class DLAAggregate(io.ComfyNode):
                     step=0.1,
                     tooltip="FLUX distilled guidance (the paper uses 2.5).",
                 ),
+                io.Model.Input(
+                    "model",
+                    optional=True,
+                    tooltip="Optional: the diffusion model this conditioning is for. When connected, a DLA made for "
+                    "another model (e.g. a FLUX.2 DLA with FLUX.1) is refused here with the fix, instead of failing "
+                    "inside the sampler.",
+                ),
             ],
             outputs=[
                 io.Conditioning.Output(
@@ -120,7 +128,9 @@ class DLAAggregate(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, dla, mllm_features, guidance: float) -> io.NodeOutput:
+    def execute(cls, dla, mllm_features, guidance: float, model=None) -> io.NodeOutput:
         handle = expect(dla, DLAHandle, "dla", "DLA Loader")
         features = expect(mllm_features, MLLMFeatures, "mllm_features", "MLLM Joint Encode")
+        if model is not None:
+            check_dla_fits_model(handle.module.config, model)
         return io.NodeOutput(aggregate_to_conditioning(handle, features, guidance))

@@ -41,7 +41,7 @@ def test_unsupported_model_type_lists_the_supported_ones(broken_copy):
     config = json.loads((broken_copy / "config.json").read_text())
     config["model_type"] = "llava"
     (broken_copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DLAInputError, match=r"model_type 'llava'.*Supported: internvl, qwen2_5_vl, qwen3_vl"):
+    with pytest.raises(DLAInputError, match=r"model_type 'llava'.*Supported: internvl, mistral3, qwen2_5_vl, qwen3_vl"):
         load_mllm(broken_copy)
 
 

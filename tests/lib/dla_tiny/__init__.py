@@ -3,9 +3,10 @@
 ``tests/conftest.py`` puts ``tests/lib`` on ``sys.path`` (ComfyUI owns the top-level name ``tests``),
 so test files import this package as ``dla_tiny``:
 
-- :mod:`.mllm`: Qwen2.5-VL / Qwen3-VL folders (InternVL comes from :mod:`dla_core.selftest_models`);
+- :mod:`.mllm`: Qwen2.5-VL / Qwen3-VL / Mistral-3 folders (InternVL comes from :mod:`dla_core.selftest_models`);
 - :mod:`.flux`: FLUX.1 transformer / VAE / LoRA files in ComfyUI's (BFL) layout;
 - :mod:`.flux_text_encoders`: CLIP-L and T5-XXL files for ComfyUI's loaders;
+- :mod:`.flux2_text_encoders`: FLUX.2's Mistral-3 and Qwen3-4B text encoders for ComfyUI's loader (type flux2);
 - :mod:`.qwen_image`: Qwen-Image text encoder (Qwen2.5-VL), DiT and VAE files;
 - :mod:`.files`: the safetensors writer they share.
 """
@@ -14,7 +15,14 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["TINY_BUILDERS", "build_tiny_internvl", "build_tiny_mllm", "build_tiny_qwen25vl", "build_tiny_qwen3vl"]
+__all__ = [
+    "TINY_BUILDERS",
+    "build_tiny_internvl",
+    "build_tiny_mistral3",
+    "build_tiny_mllm",
+    "build_tiny_qwen25vl",
+    "build_tiny_qwen3vl",
+]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Tiny random Qwen-VL folders (Qwen2.5-VL, Qwen3-VL) in Hugging Face format, built offline; TEST ONLY.
+"""Tiny random Qwen-VL (Qwen2.5-VL, Qwen3-VL) and Mistral-3 folders in Hugging Face format, built offline; TEST ONLY.
 
 Same construction as the self-test's InternVL (:mod:`dla_core.selftest_models`, whose byte-level
 tokenizer and helpers these builders share): ``config.json`` + random weights, the family's
@@ -29,6 +29,7 @@ __all__ = [
     "INTERNVL_SPECIAL_TOKENS",
     "TINY_BUILDERS",
     "build_tiny_internvl",
+    "build_tiny_mistral3",
     "build_tiny_mllm",
     "build_tiny_qwen25vl",
     "build_tiny_qwen3vl",
@@ -202,16 +203,96 @@ def build_tiny_qwen3vl(
     return folder
 
 
+MISTRAL3_CHAT_TEMPLATE = (
+    "<s>"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}[SYSTEM_PROMPT]{{ message['content'] }}[/SYSTEM_PROMPT]"
+    "{% elif message['role'] == 'user' %}[INST]"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}[IMG]"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}[/INST]"
+    "{% else %}{{ message['content'] if message['content'] is string else '' }}</s>{% endif %}"
+    "{% endfor %}"
+)
+MISTRAL3_SPECIAL_TOKENS = {
+    "bos_token_text": "<s>",
+    "inst_token": "[INST]",
+    "inst_end_token": "[/INST]",
+    "system_token": "[SYSTEM_PROMPT]",
+    "system_end_token": "[/SYSTEM_PROMPT]",
+    "image_token": "[IMG]",
+    "image_break_token": "[IMG_BREAK]",
+    "image_end_token": "[IMG_END]",
+}
+
+
+def build_tiny_mistral3(
+    folder: str | Path,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 3,
+    longest_edge: int = 56,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a tiny random Mistral-3 folder (``Mistral3ForConditionalGeneration``: Mistral text model + Pixtral).
+
+    Pixtral patch 14, spatial merge 2: one ``[IMG]`` token per 28x28 px, an ``[IMG_BREAK]`` after
+    each row and ``[IMG_END]`` last; the image processor caps the longer side at ``longest_edge``
+    (56 px -> 2 x 2 image tokens). Chat template shaped like Mistral-Small-3's
+    (``<s>[INST]...[IMG]...[/INST]``). Returns the folder.
+    """
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = byte_level_tokenizer(MISTRAL3_SPECIAL_TOKENS)
+    heads = 4
+    text = text_config(tokenizer, hidden_size, num_layers, heads, head_dim=hidden_size // heads, rope_theta=1e6)
+    config = Mistral3Config(
+        text_config={**text, "model_type": "mistral", "sliding_window": None},
+        vision_config=dict(
+            model_type="pixtral",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            head_dim=8,
+            image_size=longest_edge,
+            patch_size=14,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids(MISTRAL3_SPECIAL_TOKENS["image_token"]),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        multimodal_projector_bias=False,
+    )
+    save_random(Mistral3ForConditionalGeneration, config, folder, seed, dtype)
+    image_processor = image_processor_class("PixtralImageProcessor")(
+        size={"longest_edge": longest_edge}, patch_size={"height": 14, "width": 14}
+    )
+    processor = PixtralProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        spatial_merge_size=2,
+        chat_template=MISTRAL3_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 # family name (as in dla_core.spec) -> builder
 TINY_BUILDERS = {
     "internvl": build_tiny_internvl,
     "qwen2_5_vl": build_tiny_qwen25vl,
     "qwen3_vl": build_tiny_qwen3vl,
+    "mistral3": build_tiny_mistral3,
 }
 
 
 def build_tiny_mllm(family: str, folder: str | Path, seed: int = 0, **kwargs) -> Path:
-    """Build a tiny folder of the given family (``internvl``, ``qwen2_5_vl``, ``qwen3_vl``)."""
+    """Build a tiny folder of the given family (``internvl``, ``qwen2_5_vl``, ``qwen3_vl``, ``mistral3``)."""
     try:
         builder = TINY_BUILDERS[family]
     except KeyError:
