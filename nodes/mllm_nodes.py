@@ -51,7 +51,8 @@ class DLAMLLMLoader(io.ComfyNode):
             display_name="MLLM Loader (DLA)",
             category=CATEGORY,
             description=(
-                "Loads a multimodal LLM (InternVL3 '-hf', Qwen2.5-VL, Qwen3-VL) from a Hugging Face-format folder in "
+                "Loads a multimodal LLM (InternVL3 '-hf', Qwen2.5-VL, Qwen3-VL, Mistral-3 for FLUX.2) from a Hugging "
+                "Face-format folder in "
                 "ComfyUI/models/mllm (or models/LLM). ComfyUI's model management moves it to the GPU only while it "
                 "encodes and offloads it before FLUX samples."
             ),
