@@ -164,8 +164,8 @@ def encode_flux2_layers(clip, prompt: str) -> tuple[list, MLLMFeatures]:
         conditioning = clip.encode_from_tokens_scheduled(tokens)
     if len(records) != 1:
         raise DLAInputError(
-            f"ComfyUI's FLUX.2 text encoder ran {len(records)} forward passes the pack could read (expected 1); "
-            "update the DLA pack."
+            f"ComfyUI's FLUX.2 text encoder ran {len(records)} forward passes for one prompt (expected 1). CLIP hooks "
+            "with keyframes encode once per keyframe: remove them from this CLIP; otherwise update the DLA pack."
         )
     hidden = records[0]  # [sequences, states, tokens, width]; ComfyUI joins sequences along tokens
     sequences, held, length, width = hidden.shape
