@@ -93,7 +93,12 @@ def test_flux1_and_klein_conditioning_on_a_flux2_dev_model_is_refused_with_the_f
         return
     model_fit = pack_module("nodes.model_fit")
     DLAAggregate = pack_module("nodes.dla_nodes").DLAAggregate
-    flux_output = DLAAggregate.execute(_handle("flux", "internvl", 3, 16), _features("internvl", 3, 16), 2.5)
+    flux_dla = _handle("flux", "internvl", 3, 16)
+    with pytest.raises(
+        errors.DLAInputError, match=r"target 'flux' .*4096 wide.*reads 15360-wide tokens \(target 'flux2'"
+    ):
+        DLAAggregate.execute(flux_dla, _features("internvl", 3, 16), 2.5, model=models["flux2"])
+    flux_output = DLAAggregate.execute(flux_dla, _features("internvl", 3, 16), 2.5)
     with pytest.raises(errors.DLAInputError) as info:
         model_fit.check_conditioning_fits_model(models["flux2"], flux_output.result[0])
     message = str(info.value)
