@@ -5,7 +5,9 @@ on those local files. With none of them it runs the **embedded default**: tiny r
 (a tiny InternVL, a tiny FLUX transformer and VAE, a random DLA) built once into a cache
 folder, so the whole chain (joint MLLM encoding, DLA, reference latents, three-stage
 sampling, decoding) runs anywhere in seconds as an installation self-test. Its image comes
-from random weights and says so.
+from random weights and says so. The self-test needs no input either: without ``--reference`` and
+``--prompt`` it uses the reference image bundled with the package (:data:`BUNDLED_REFERENCE`) and
+:data:`BUNDLED_PROMPT`, so ``python -m dla_core generate --out out.png`` checks a fresh install.
 
 Every argument is checked before any model is built or loaded; a problem prints one
 ``error: ...`` line and exits with code 2 (see :mod:`dla_core.cli`).
@@ -18,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -37,6 +40,10 @@ EMBEDDED_SIZE = 64  # px, embedded default image side
 EMBEDDED_STEPS = 8
 MODEL_FLAGS = ("flux", "vae", "mllm", "dla")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# The self-test's input when none is given: a small drawing shipped as package data (pyproject.toml
+# [tool.setuptools.package-data]), so it is there after `pip install`, not only in a clone.
+BUNDLED_REFERENCE = "assets/reference.png"
+BUNDLED_PROMPT = "the robot standing on a beach at sunset"
 RANDOM_WEIGHTS_NOTICE = (
     "NOTE: no model flags given, so this ran the EMBEDDED SELF-TEST models: tiny networks with RANDOM weights.\n"
     "      The image is noise-like and says nothing about the method's quality; it only shows that the\n"
@@ -49,11 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         action="append",
-        required=True,
         metavar="IMAGE",
-        help="reference image of the subject (RGB); repeat for several references",
+        help="reference image of the subject (RGB); repeat for several references "
+        "(self-test without it: the bundled robot drawing)",
     )
-    parser.add_argument("--prompt", required=True, help="instruction, e.g. 'the dog swimming in a pool'")
+    parser.add_argument(
+        "--prompt",
+        help=f"instruction, e.g. 'the dog swimming in a pool' (self-test without it: '{BUNDLED_PROMPT}')",
+    )
     parser.add_argument(
         "--out", required=True, help="output image (.png/.jpg/.webp); several images get _0, _1 ... suffixes"
     )
@@ -158,6 +168,25 @@ def _output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{index}{path.suffix}") for index in range(count)]
 
 
+def bundled_reference_path() -> Path:
+    """The reference image shipped inside the package (also in an installed, non-editable copy)."""
+    return Path(str(resources.files("dla_core").joinpath(BUNDLED_REFERENCE)))
+
+
+def _inputs(args: argparse.Namespace, embedded: bool) -> tuple[list[str], str, bool]:
+    """Reference paths and prompt; the self-test falls back to the bundled ones. Returns (paths, prompt, bundled)."""
+    if not embedded and (args.reference is None or args.prompt is None):
+        missing = " and ".join(
+            flag for flag, value in (("--reference", args.reference), ("--prompt", args.prompt)) if value is None
+        )
+        raise DLAInputError(
+            f"With the model flags, give {missing}: the bundled reference and prompt are for the self-test only."
+        )
+    references = args.reference if args.reference is not None else [str(bundled_reference_path())]
+    prompt = args.prompt if args.prompt is not None else BUNDLED_PROMPT
+    return references, prompt, args.reference is None or args.prompt is None
+
+
 def validate(args: argparse.Namespace) -> dict:
     """Check every argument (files, numbers, model flags) without loading a model; returns settings."""
     given = [flag for flag in MODEL_FLAGS if getattr(args, flag)]
@@ -175,14 +204,15 @@ def validate(args: argparse.Namespace) -> dict:
     if args.mllm and not (Path(args.mllm) / "config.json").is_file():
         raise DLAInputError(f"--mllm '{args.mllm}' has no config.json; give a Hugging Face MLLM folder.")
 
-    references = [load_reference_image(path) for path in args.reference]
+    reference_paths, prompt, bundled = _inputs(args, embedded)
+    references = [load_reference_image(path) for path in reference_paths]
     to_pil_list(references)  # RGB, size
     size = EMBEDDED_SIZE if embedded else 1024
     width = args.width if args.width is not None else size
     height = args.height if args.height is not None else size
     steps = args.steps if args.steps is not None else (EMBEDDED_STEPS if embedded else 28)
     DLASubjectPipeline.check_inputs(
-        args.prompt,
+        prompt,
         references,
         height,
         width,
@@ -198,6 +228,9 @@ def validate(args: argparse.Namespace) -> dict:
     return dict(
         embedded=embedded,
         references=references,
+        reference_paths=reference_paths,
+        prompt=prompt,
+        bundled=bundled,
         width=width,
         height=height,
         steps=steps,
@@ -290,8 +323,10 @@ def run(args: argparse.Namespace) -> int:
         offload_mllm=offload,
     )
     loaded = time.perf_counter()
+    if settings["bundled"]:
+        print(f"self-test input: reference {', '.join(settings['reference_paths'])}, prompt '{settings['prompt']}'")
     output = pipe(
-        args.prompt,
+        settings["prompt"],
         settings["references"],
         height=settings["height"],
         width=settings["width"],

@@ -161,3 +161,69 @@ def test_command_line_exit_code_is_2_on_bad_input(images, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: Reference image not found")
+
+
+def test_self_test_without_reference_or_prompt_uses_the_bundled_ones(cache_dir, tmp_path, capsys):
+    from dla_core.generate import BUNDLED_PROMPT, bundled_reference_path
+
+    out = tmp_path / "out.png"
+    code = generate(
+        "--out", out, "--steps", 2, "--width", 32, "--height", 32, "--cache-dir", cache_dir, "--no-progress"
+    )
+    assert code == 0
+    with Image.open(out) as image:
+        assert image.size == (32, 32) and image.mode == "RGB"
+    printed = capsys.readouterr().out
+    assert f"self-test input: reference {bundled_reference_path()}, prompt '{BUNDLED_PROMPT}'" in printed
+    assert "RANDOM weights" in printed
+
+
+def test_bundled_reference_is_a_small_rgb_image_inside_the_package():
+    from dla_core.generate import bundled_reference_path
+
+    path = bundled_reference_path()
+    assert path.parent.parent == REPO / "dla_core"
+    with Image.open(path) as image:
+        assert image.mode == "RGB" and max(image.size) <= 128
+
+
+def test_bundled_reference_is_package_data_of_the_install():
+    """`pip install .` ships only what pyproject.toml names: the asset must be matched by its package-data."""
+    import fnmatch
+
+    from dla_core.generate import BUNDLED_REFERENCE
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert "dla_core" in setuptools["packages"]["find"]["include"]
+    assert any(fnmatch.fnmatch(BUNDLED_REFERENCE, pattern) for pattern in setuptools["package-data"]["dla_core"])
+    assert "nodes" not in setuptools["packages"]["find"]["include"]  # the nodes stay in the clone
+
+
+def test_model_flags_without_reference_is_an_input_error(tmp_path, capsys):
+    for name in ("flux", "vae", "mllm"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "mllm" / "config.json").write_text("{}")
+    (tmp_path / "dla.safetensors").write_bytes(b"")
+    models = [f"--{name}" if i % 2 == 0 else tmp_path / name for name in ("flux", "vae", "mllm") for i in range(2)]
+    code = generate(*models, "--dla", tmp_path / "dla.safetensors", "--prompt", "x", "--out", tmp_path / "o.png")
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == (
+        "error: With the model flags, give --reference: the bundled reference and prompt are for the self-test only."
+    )
+
+
+def test_readme_standalone_block_is_two_commands_the_cli_accepts():
+    """`.ci/run standalone` runs README's <!-- ci:standalone --> block line by line; its generate line must parse."""
+    import shlex
+
+    from dla_core.cli import build_parser
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- ci:standalone -->", 1)[1].split("```", 2)[1]
+    commands = [line.split(" #", 1)[0].strip() for line in block.splitlines()[1:] if line.strip()]
+    assert commands == ['pip install ".[standalone]"', "python -m dla_core generate --out out.png"]
+    args = build_parser("generate").parse_args(shlex.split(commands[1])[3:])
+    assert args.reference is None and args.prompt is None and args.out == "out.png"
