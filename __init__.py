@@ -4,6 +4,10 @@ The import of the node modules is deferred to :func:`comfy_entrypoint` so that i
 this file outside ComfyUI (packaging tools, test discovery) needs no ComfyUI.
 """
 
+# ComfyUI serves this folder at /extensions/<pack folder>/; the front end's node help panel reads
+# web/docs/<node id>.md from there (one page per node). It holds no JavaScript.
+WEB_DIRECTORY = "./web"
+
 
 def comfy_entrypoint():
     """Called by ComfyUI's custom-node loader; returns the pack's one ``ComfyExtension``."""

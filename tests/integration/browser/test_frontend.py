@@ -11,7 +11,6 @@ docs/images/workflow.png (the README's picture).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +18,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import ci_guard  # tests/lib/ci_guard.py
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
@@ -28,7 +26,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 SCRIPT = Path(__file__).with_name("check_workflows.js")
-CHROMIUM = Path(os.environ.get("DLA_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "images" / "workflow.png"
 README_WORKFLOW = "dla_flux_subject"
@@ -36,32 +33,8 @@ UNKNOWN_NODE_TYPE = "DLANodeThatDoesNotExist"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.json"))
 
 
-def _browser_skip_reason() -> str | None:
-    """Why the browser tests cannot run here (None when they can); skipped locally, a failure under CI=true."""
-    if not CHROMIUM.is_file():
-        return f"no Chromium at {CHROMIUM}: `apt-get install chromium` (Debian) or set DLA_CHROMIUM"
-    if shutil.which("node") is None:
-        return "no node (Node.js) on PATH to run playwright-core"
-    if not (REPO_ROOT / "node_modules" / "playwright-core").is_dir():
-        return "playwright-core is not installed: run `npm ci` in the repository root"
-    if importlib.util.find_spec("comfyui_frontend_package") is None:
-        return (
-            "ComfyUI's front end (comfyui-frontend-package) is not installed in this Python: "
-            "pip install -r <ComfyUI>/requirements.txt"
-        )
-    return None
-
-
 def without_meta(prompt: dict) -> dict:
     return {node_id: {"inputs": node["inputs"], "class_type": node["class_type"]} for node_id, node in prompt.items()}
-
-
-@pytest.fixture(scope="session")
-def browser_ready() -> None:
-    """Chromium, node + playwright-core and the front end are installed; checked before the server starts."""
-    reason = _browser_skip_reason()
-    if reason:
-        ci_guard.skip_or_fail(reason)
 
 
 @pytest.fixture(scope="module")
