@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from .errors import DLAInputError
@@ -25,7 +26,11 @@ COMMANDS: list[tuple[str, str, str]] = [
         "dla_core.cli:InitDLACommand",
         "write an untrained (random or identity-initialised) DLA checkpoint for an MLLM",
     ),
-    ("inspect", "dla_core.cli:InspectCommand", "print a DLA checkpoint's config, tensor count and parameter count"),
+    (
+        "inspect",
+        "dla_core.cli:InspectCommand",
+        "print a DLA checkpoint's config, tensor count and parameter count; --plot draws its layer map",
+    ),
     (
         "generate",
         "dla_core.generate",
@@ -180,11 +185,35 @@ class InitDLACommand:
 
 # ---------------------------------------------------------------------- inspect
 class InspectCommand:
-    """``inspect``: a checkpoint's config (header only) plus tensor and parameter counts."""
+    """``inspect``: a checkpoint's config (header only) plus tensor and parameter counts; optional layer map.
+
+    ``--plot OUT.png`` draws which MLLM layers the DLA draws on (:mod:`dla_core.layer_map`). With an
+    encoding (``--mllm``, ``--prompt``, ``--reference``) it is the LAPs' attention averaged over that
+    encoding's text and image tokens; without one, the pooling maps' weights per layer, and it says so.
+    """
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("file", help="DLA checkpoint (.safetensors)")
+        parser.add_argument(
+            "--plot",
+            metavar="OUT.png",
+            help="draw the DLA's layer map (share of its output per MLLM layer, text and image tokens) as a PNG",
+        )
+        parser.add_argument(
+            "--mllm",
+            help="Hugging Face-format MLLM folder the DLA is for: encode --prompt + --reference with it and map "
+            "the LAPs' attention over that encoding (without it: the pooling weights only)",
+        )
+        parser.add_argument("--prompt", help="instruction to encode with --mllm")
+        parser.add_argument(
+            "--reference", action="append", help="reference image to encode with --mllm (repeat for several)"
+        )
+        parser.add_argument("--mllm-image-size", type=int, help="MLLM-side reference resolution in px")
+        parser.add_argument("--dtype", default="auto", help="MLLM dtype: auto (the folder's), bf16, fp16, fp32")
+        parser.add_argument("--device", default="cpu", help="device for the MLLM and the DLA (default cpu)")
+        parser.add_argument("--width", type=int, default=768, help="plot width in pixels (default 768)")
+        parser.add_argument("--height", type=int, default=512, help="plot height in pixels (default 512)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -204,4 +233,49 @@ class InspectCommand:
             print(f"  {key}: {value}")
         print(f"  tensors: {len(tensors)} ({', '.join(dtypes)})")
         print(f"  parameters: {params:,}")
+        if args.plot or args.mllm or args.prompt or args.reference:
+            InspectCommand.layer_map(args, path)
         return 0
+
+    @staticmethod
+    def layer_map(args: argparse.Namespace, path) -> None:
+        import torch
+        from PIL import Image
+
+        from .checkpoint import load_dla
+        from .layer_map import layer_attention, plot_layer_map, readout_map, summarize
+
+        if args.plot and Path(args.plot).suffix.lower() != ".png":
+            raise DLAInputError(f"--plot writes a PNG: give a file name ending in .png, got '{Path(args.plot).name}'.")
+        if not args.mllm and (args.prompt or args.reference):
+            raise DLAInputError("--prompt and --reference are encoded with an MLLM: give its folder with --mllm.")
+        dla = load_dla(path, device=args.device, dtype=torch.float32)
+        if args.mllm:
+            from .mllm import encode_joint, load_mllm
+            from .pipeline import load_reference_image
+            from .spec import read_mllm_spec
+
+            missing = [
+                flag for flag, value in (("--prompt", args.prompt), ("--reference", args.reference)) if not value
+            ]
+            if missing:
+                raise DLAInputError(
+                    f"With --mllm, give {' and '.join(missing)}: the layer map averages over that encoding."
+                )
+            dla.check_compatible(read_mllm_spec(args.mllm))  # before loading any weights
+            mllm = load_mllm(args.mllm, dtype=args.dtype, device=args.device)
+            references = [load_reference_image(reference) for reference in args.reference]
+            with torch.no_grad():
+                features = encode_joint(
+                    mllm, args.prompt, references, image_size=args.mllm_image_size, layers=dla.config.used_layers
+                )
+            layer_map = layer_attention(dla, features, title=path.name)
+        else:
+            print("  layer map: no encoding given (--mllm, --prompt, --reference): pooling weights only")
+            layer_map = readout_map(dla, title=path.name)
+        print("  " + summarize(layer_map).replace("\n", "\n  "))
+        if args.plot:
+            out = Path(args.plot)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(plot_layer_map(layer_map, args.width, args.height)).save(out)
+            print(f"wrote {out}")

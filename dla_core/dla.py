@@ -444,8 +444,8 @@ class DualLayerAggregation(nn.Module):
         return [position[layer] for layer in self.config.used_layers]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, features: MLLMFeatures) -> DLAConditioning:
-        """Aggregate all layers of ``features`` into conditioning tokens + pooled vector."""
+    def _content_inputs(self, features: MLLMFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(hidden [batch, layers read, tokens, width], text_mask, image_mask)``, masks inside the attention mask."""
         self.check_compatible(features)
         positions = self._feature_layer_positions(features)
         hidden = features.hidden_states  # [batch, layers, tokens, width]
@@ -453,7 +453,6 @@ class DualLayerAggregation(nn.Module):
             hidden = hidden[:, positions]
         param = self.output_proj.weight
         hidden = hidden.to(device=param.device, dtype=param.dtype)
-        batch, _, tokens, _ = hidden.shape
         valid = features.attention_mask.to(device=param.device, dtype=torch.bool)
         text_mask = features.text_mask.to(device=param.device, dtype=torch.bool) & valid  # [batch, tokens]
         image_mask = features.image_mask.to(device=param.device, dtype=torch.bool) & valid
@@ -461,6 +460,28 @@ class DualLayerAggregation(nn.Module):
             raise DLAInputError(
                 "MLLM features mark some tokens as both text and image; the encoder output is inconsistent."
             )
+        return hidden, text_mask, image_mask
+
+    @torch.no_grad()
+    def layer_attention(self, features: MLLMFeatures) -> dict[str, torch.Tensor]:
+        """Per content token, how much of its LAP output comes from each MLLM layer the DLA reads.
+
+        ``{"text": [text tokens, layers read], "image": [image tokens, layers read]}``: one row per valid
+        token of that kind over the whole batch (padding and chat-template tokens are never read, as in
+        :meth:`forward`), each row summing to 1; columns follow ``config.used_layers``. See
+        :meth:`~dla_core.lap.LayerwiseAttentionPooling.layer_attention` for what a share is.
+        """
+        hidden, text_mask, image_mask = self._content_inputs(features)
+        per_token = hidden.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
+        return {
+            "text": self.lap_text.layer_attention(per_token[text_mask])[0],
+            "image": self.lap_image.layer_attention(per_token[image_mask])[0],
+        }
+
+    def forward(self, features: MLLMFeatures) -> DLAConditioning:
+        """Aggregate all layers of ``features`` into conditioning tokens + pooled vector."""
+        hidden, text_mask, image_mask = self._content_inputs(features)
+        batch, _, tokens, _ = hidden.shape
         counts = text_mask.sum(1) + image_mask.sum(1)  # [batch]
         empty = (counts == 0).nonzero().flatten().tolist()
         if empty:

@@ -66,6 +66,33 @@ class LayerAttentionBlock(nn.Module):
         x = x + self.attn_out(attended)
         return x + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x))))
 
+    def forward_with_mixing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with the attention written out; also returns how each layer draws on the others.
+
+        Returns ``(output, mixing)``. ``output`` equals :meth:`forward`'s up to float rounding (the
+        attention is computed explicitly here, by fused kernels there). ``mixing`` ``[items, layers,
+        layers]``: row ``i`` is how position ``i``'s state after the block is made of the positions before
+        it: ``(|x_i| * e_i + |a_i| * A_i) / (|x_i| + |a_i|)``, with ``x_i`` the residual, ``a_i`` the
+        attention branch's output and ``A`` the attention averaged over heads. Rows sum to 1. The MLP
+        acts on each position alone, so it does not mix layers. A block whose attention output is
+        zeroed (the identity initialisation) mixes nothing: ``mixing`` is the identity.
+        """
+        items, layers, width = x.shape
+        head_dim = width // self.heads
+        qkv = self.qkv(self.attn_norm(x))  # [items, layers, 3 * width]
+        qkv = qkv.view(items, layers, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
+        scores = qkv[0] @ qkv[1].transpose(-1, -2) / head_dim**0.5  # [items, heads, layers, layers]
+        probs = scores.softmax(dim=-1)
+        attended = (probs @ qkv[2]).transpose(1, 2).reshape(items, layers, width)
+        branch = self.attn_out(attended)  # [items, layers, width]
+        residual_norm = x.norm(dim=-1, keepdim=True)  # [items, layers, 1]
+        branch_norm = branch.norm(dim=-1, keepdim=True)
+        eye = torch.eye(layers, dtype=probs.dtype, device=probs.device)
+        mixing = residual_norm * eye + branch_norm * probs.mean(dim=1)  # [items, layers, layers]
+        mixing = mixing / (residual_norm + branch_norm).clamp_min(torch.finfo(mixing.dtype).tiny)
+        x = x + branch
+        return x + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x)))), mixing
+
     def zero_residual_branches(self) -> None:
         """Make the block the identity map: both residual branches output exactly 0."""
         for linear in (self.attn_out, self.mlp_out):
@@ -188,22 +215,82 @@ class LayerwiseAttentionPooling(nn.Module):
             f"{tuple(hidden_states.shape)}."
         )
 
-    def _forward_items(self, items: torch.Tensor) -> torch.Tensor:
+    def _check_items(self, items: torch.Tensor) -> None:
         # items: [items, layers, input_width]
+        if items.dim() != 3:
+            raise DLAInputError(f"LAP expects gathered hidden states [items, layers, width], got {tuple(items.shape)}.")
         if items.shape[1] != self.num_layers or items.shape[2] != self.input_width:
             raise DLAInputError(
                 f"LAP was built for {self.num_layers} layers of width {self.input_width}, "
                 f"got {items.shape[1]} layers of width {items.shape[2]}."
             )
+
+    def _embed(self, items: torch.Tensor) -> torch.Tensor:
         x = items
         if self.input_norm is not None:
             x = self.input_norm(x)
         if self.input_proj is not None:
             x = self.input_proj(x)  # [items, layers, lap_width]
-        x = x + self.layer_embedding
+        return x + self.layer_embedding
+
+    def readout_weights(self) -> torch.Tensor:
+        """Share of each layer slot in the pooling map's weights, ``[layers]``, summing to 1 (no input needed).
+
+        ``flatten``: the Frobenius norm of each layer's block of the fully connected map; ``weighted``:
+        ``|layer weight|`` (the shared map is the same for every layer). What a checkpoint alone says
+        about the layers it reads; :meth:`layer_attention` adds the blocks' attention for real inputs.
+        """
+        with torch.no_grad():
+            if self.pool == "flatten":
+                weight = self.pool_fc.weight.view(self.out_width, self.num_layers, self.lap_width)
+                per_layer = weight.float().pow(2).sum(dim=(0, 2)).sqrt()  # [layers]
+            else:
+                per_layer = self.layer_weights.float().abs()
+            return _normalise(per_layer, dim=0)
+
+    def layer_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How much of each item's output comes from each input layer; ``(shares, output)``.
+
+        ``items``: ``[items, layers, input_width]`` (tokens already gathered). ``shares``: ``[items,
+        layers]``, non-negative, each row summing to 1. ``output``: the LAP output ``[items,
+        out_width]``, equal to :meth:`forward`'s up to float rounding (the shares are read from that same
+        pass). The attention across layers is rolled out through the blocks (each block's mixing from
+        :meth:`LayerAttentionBlock.forward_with_mixing`, multiplied in order) and read out by the pooling
+        map: slot ``l``'s share is the norm of its term in the pooled output (``flatten``: ``W_l z_l``;
+        ``weighted``: ``w_l * W z_l``) over the sum of those norms. An identity-initialised LAP puts all
+        of it on its selected layer(s). Does not change the module.
+        """
+        self._check_items(items)
+        x = self._embed(items)
+        rollout = torch.eye(self.num_layers, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
+        for block in self.blocks:
+            x, mixing = block.forward_with_mixing(x)
+            rollout = mixing @ rollout  # [items, layers, layers]: final position <- input layer
+        if self.pool == "flatten":
+            weight = self.pool_fc.weight.view(self.out_width, self.num_layers, self.lap_width)
+            terms = torch.einsum("olw,nlw->nlo", weight, x)  # [items, layers, out_width]
+            output = terms.sum(dim=1) + self.pool_fc.bias
+            readout = terms.norm(dim=-1)  # [items, layers]
+        else:
+            weights = self.layer_weights.to(x.dtype)
+            output = self.pool_fc(torch.einsum("nlw,l->nw", x, weights))
+            readout = F.linear(x, self.pool_fc.weight).norm(dim=-1) * weights.abs()  # [items, layers]
+        shares = torch.einsum("nl,nlk->nk", _normalise(readout, dim=-1), rollout)
+        return shares, output
+
+    def _forward_items(self, items: torch.Tensor) -> torch.Tensor:
+        self._check_items(items)
+        x = self._embed(items)
         for block in self.blocks:
             x = block(x)
         if self.pool == "flatten":
             return self.pool_fc(x.reshape(x.shape[0], -1))  # [items, out_width]
         pooled = torch.einsum("nlw,l->nw", x, self.layer_weights.to(x.dtype))  # [items, lap_width]
         return self.pool_fc(pooled)
+
+
+def _normalise(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """``values / values.sum(dim)``; an all-zero row becomes uniform (nothing singles a layer out)."""
+    total = values.sum(dim=dim, keepdim=True)
+    uniform = torch.full_like(values, 1.0 / values.shape[dim])
+    return torch.where(total > 0, values / total.clamp_min(torch.finfo(values.dtype).tiny), uniform)
