@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .checks import whole
 from .errors import DLAInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -309,6 +310,7 @@ def evaluate(generations, references, dino=None, clip=None, prompts=None, device
         raise DLAInputError(
             "Give --dino and/or --clip (local model folders); with neither there is nothing to measure."
         )
+    whole("batch_size (--batch-size)", batch_size, 1, 4096, hint="Images embedded together; 16 is a good start.")
     items = collect_items(generations, references, prompts)  # cheap checks before loading models
     score_items(items, Embedder(dino, clip, device, batch_size))
     return summarize(items, dino, clip)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import init_dla, save_dla
+from .checks import finite_float
 from .errors import DLAInputError
 from .flux.references import REFERENCE_METHODS
 from .flux.sampling import DEFAULT_GUIDANCE
@@ -78,23 +79,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--mllm", help="Hugging Face MLLM folder (InternVL3 -hf, Qwen2.5-VL, Qwen3-VL)")
     models.add_argument("--dla", help="DLA checkpoint (.safetensors)")
     models.add_argument("--lora", help="optional FLUX LoRA (.safetensors)")
-    models.add_argument("--lora-scale", type=float, default=1.0, help="LoRA strength (default 1.0)")
+    models.add_argument("--lora-scale", type=finite_float, default=1.0, help="LoRA strength (default 1.0)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=int, help=f"denoising steps (default 28; self-test {EMBEDDED_STEPS})")
     sampling.add_argument(
-        "--guidance", type=float, default=DEFAULT_GUIDANCE, help=f"FLUX distilled guidance (default {DEFAULT_GUIDANCE})"
+        "--guidance",
+        type=finite_float,
+        default=DEFAULT_GUIDANCE,
+        help=f"FLUX distilled guidance (default {DEFAULT_GUIDANCE})",
     )
     sampling.add_argument(
         "--true-cfg",
-        type=float,
+        type=finite_float,
         default=1.0,
         help="true CFG scale against the 'MLLM off' conditioning (default 1 = off)",
     )
     sampling.add_argument(
-        "--tau1", type=float, default=DEFAULT_TAU1, help=f"MLLM-only stage for t >= tau1 (default {DEFAULT_TAU1})"
+        "--tau1",
+        type=finite_float,
+        default=DEFAULT_TAU1,
+        help=f"MLLM-only stage for t >= tau1 (default {DEFAULT_TAU1})",
     )
     sampling.add_argument(
-        "--tau2", type=float, default=DEFAULT_TAU2, help=f"identity-only stage for t < tau2 (default {DEFAULT_TAU2})"
+        "--tau2",
+        type=finite_float,
+        default=DEFAULT_TAU2,
+        help=f"identity-only stage for t < tau2 (default {DEFAULT_TAU2})",
     )
     sampling.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     sampling.add_argument(
@@ -112,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sampling.add_argument(
         "--reference-megapixels",
-        type=float,
+        type=finite_float,
         default=DEFAULT_REFERENCE_MEGAPIXELS,
         help="largest reference area for the VAE in megapixels (default 1.0; 0 = keep size)",
     )

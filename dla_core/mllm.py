@@ -24,13 +24,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
 from safetensors import safe_open
 from torch import nn
 
+from .checks import (
+    BATCH_ENV,
+    PROMPT_TOKENS_ENV,
+    REFERENCES_ENV,
+    check_count,
+    max_batch,
+    max_prompt_tokens,
+    max_references,
+)
 from .dtypes import DTYPES, TORCH_DTYPE_NAMES
 from .errors import DLAInputError
 from .features import MLLMFeatures
@@ -298,6 +307,7 @@ def _normalise_prompts(prompts: str | Sequence[str]) -> list[str]:
                 "(e.g. 'the dog from the picture on a beach')."
             )
         result.append(prompt.strip())
+    check_count("Prompts in one batch", len(result), max_batch(), BATCH_ENV, "Encode the prompts in smaller batches.")
     return result
 
 
@@ -323,6 +333,17 @@ def _normalise_references(references, batch: int) -> list[list]:
         if len(refs) == 0:
             raise DLAInputError(f"Prompt {index + 1} has no reference image. Give at least one per prompt.")
     return [list(refs) for refs in references]
+
+
+def _check_reference_count(count: int, index: int, batch: int) -> None:
+    where = "Reference images" if batch == 1 else f"Reference images of prompt {index + 1}"
+    check_count(
+        where,
+        count,
+        max_references(),
+        REFERENCES_ENV,
+        "Each reference adds hundreds of MLLM tokens; pick the few best views of the subject.",
+    )
 
 
 def _normalise_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
@@ -419,6 +440,15 @@ def _check_prompt_tokens(processor, prompt: str, index: int) -> None:
             f"Prompt {index + 1} contains the model's special token(s) {', '.join(found)}. Remove them: the "
             "references are inserted automatically."
         )
+    count = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    limit = max_prompt_tokens()
+    if count > limit:
+        raise DLAInputError(
+            f"Prompt {index + 1} is {count} tokens long, more than the limit of {limit} tokens. Shorten the "
+            f"instruction (a sentence or two is what the DLA was trained on). To allow longer prompts, set the "
+            f"environment variable {PROMPT_TOKENS_ENV} (e.g. {PROMPT_TOKENS_ENV}={max(count, 2 * limit)}) before "
+            "starting ComfyUI or the command."
+        )
 
 
 def _text_token_mask(
@@ -460,8 +490,30 @@ def _backbone_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Modu
     return backbone, language_model.layers, language_model.norm
 
 
-def capture_forward(mllm: LoadedMLLM, inputs: dict, layer_indices: tuple[int, ...]) -> torch.Tensor:
-    """Run the backbone once; return the requested layers. [batch, kept layers, tokens, width]."""
+Progress = Callable[[int, int], None]  # (steps done, steps in all); may raise to stop the work (an interrupt)
+
+
+def forward_steps(mllm: LoadedMLLM, layer_indices: tuple[int, ...]) -> int:
+    """Progress steps :func:`capture_forward` reports: one per decoder layer it runs (+1 for the final norm)."""
+    num_decoders = mllm.spec.num_layers - 1
+    last_needed = max(layer_indices)
+    return min(last_needed, num_decoders - 1) + 1 + (1 if last_needed == num_decoders else 0)
+
+
+def capture_forward(
+    mllm: LoadedMLLM,
+    inputs: dict,
+    layer_indices: tuple[int, ...],
+    progress: Progress | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+) -> torch.Tensor:
+    """Run the backbone once; return the requested layers. [batch, kept layers, tokens, width].
+
+    ``progress(done, total)`` is called as each decoder layer starts (and after the final norm), with
+    ``done`` counted from ``done_before``; an exception it raises (ComfyUI's interrupt) stops the forward
+    there and propagates.
+    """
     backbone, decoder_layers, final_norm = _backbone_parts(mllm.model)
     num_decoders = len(decoder_layers)
     input_ids = inputs["input_ids"]
@@ -471,6 +523,13 @@ def capture_forward(mllm: LoadedMLLM, inputs: dict, layer_indices: tuple[int, ..
     captured = torch.empty(batch, len(layer_indices), tokens, mllm.spec.width, dtype=dtype, device=device)
     slots = {layer: slot for slot, layer in enumerate(layer_indices)}
     last_needed = max(layer_indices)
+    steps_total = total if total is not None else done_before + forward_steps(mllm, layer_indices)
+    step = [done_before]
+
+    def report() -> None:
+        step[0] += 1
+        if progress is not None:
+            progress(step[0], steps_total)
 
     def store(layer: int, hidden: torch.Tensor) -> None:
         if layer in slots:
@@ -480,11 +539,13 @@ def capture_forward(mllm: LoadedMLLM, inputs: dict, layer_indices: tuple[int, ..
 
     def make_input_hook(layer: int):
         def hook(module, args, kwargs):
+            report()
             store(layer, args[0] if args else kwargs["hidden_states"])
 
         return hook
 
     def final_norm_hook(module, args, output):
+        report()
         store(num_decoders, output)
 
     # Layer k < N is the input of decoder layer k: the previous decoder's output plus whatever
@@ -513,6 +574,7 @@ def encode_joint(
     references,
     image_size: int | None = None,
     layers: Sequence[int] | None = None,
+    progress: Progress | None = None,
 ) -> MLLMFeatures:
     """Encode instruction(s) jointly with their reference image(s); capture every layer.
 
@@ -525,7 +587,12 @@ def encode_joint(
     Mistral-3: the longer side, like InternVL);
     ``None`` = the processor's defaults. ``layers``: indices of the hidden states to keep, in
     that order (negative count from the end); ``None`` = all. The forward stops after the
-    highest kept layer.
+    highest kept layer. ``progress(done, total)``: called once per reference image prepared and once per
+    decoder layer run (see :func:`capture_forward`); whatever it raises stops the encode (ComfyUI's interrupt).
+
+    Limits (:mod:`dla_core.checks`, each raised by an environment variable): prompt length in tokens
+    (``DLA_MAX_PROMPT_TOKENS``, 1024), references per prompt (``DLA_MAX_REFERENCES``, 16), prompts per batch
+    (``DLA_MAX_BATCH``, 16).
 
     Returns :class:`MLLMFeatures` right-padded along tokens, on the model's device, in its
     dtype. ``text_mask`` marks the instruction's own tokens, ``image_mask`` the image
@@ -538,11 +605,22 @@ def encode_joint(
     layer_indices = _normalise_layers(layers, mllm.spec.num_layers)
     processor = mllm.processor
     texts, spans, images, counts, image_kwargs = [], [], [], [], {}
+    checked = []
     for index, (prompt, refs) in enumerate(zip(prompt_list, reference_lists)):
         _check_prompt_tokens(processor, prompt, index)
         name = "reference image" if len(prompt_list) == 1 else f"reference image of prompt {index + 1}"
         pils = to_pil_list(refs, name=name)
-        pils, image_kwargs = _prepare_images(mllm, pils, image_size)
+        _check_reference_count(len(pils), index, len(prompt_list))
+        checked.append(pils)
+    total = sum(len(pils) for pils in checked) + forward_steps(mllm, layer_indices)
+    for prompt, pils in zip(prompt_list, checked):
+        prepared = []
+        for image in pils:
+            image_list, image_kwargs = _prepare_images(mllm, [image], image_size)
+            prepared.extend(image_list)
+            if progress is not None:
+                progress(len(images) + len(prepared), total)
+        pils = prepared
         text, span = _render(processor, prompt, len(pils))
         texts.append(text)
         spans.append(span)
@@ -564,7 +642,9 @@ def encode_joint(
 
     # The models cast pixel_values to their vision tower's dtype themselves.
     inputs = {key: encoded[key].to(device) for key in _MODEL_INPUTS if key in encoded}
-    hidden_states = capture_forward(mllm, inputs, layer_indices)  # [batch, kept layers, tokens, width]
+    hidden_states = capture_forward(
+        mllm, inputs, layer_indices, progress, done_before=len(images), total=total
+    )  # [batch, kept layers, tokens, width]
     return MLLMFeatures(
         hidden_states=hidden_states,
         image_mask=image_mask.to(device),

@@ -36,6 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .checkpoint import load_dla
+from .checks import finite
 from .dtypes import DTYPES
 from .errors import DLAInputError
 from .flux.checkpoint import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
@@ -262,6 +263,9 @@ class DLASubjectPipeline:
                 )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise DLAInputError(f"steps must be at least 1, got {num_inference_steps!r}.")
+        finite("guidance", guidance_scale, hint=f"(paper: {DEFAULT_GUIDANCE})")
+        finite("true_cfg_scale", true_cfg_scale, low=1.0, hint="1 = off.")
+        finite("reference_megapixels", reference_megapixels)
         if not (0.0 <= float(guidance_scale) <= 100.0):
             raise DLAInputError(
                 f"guidance must be between 0 and 100 (paper: {DEFAULT_GUIDANCE}), got {guidance_scale}."

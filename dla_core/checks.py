@@ -1,0 +1,119 @@
+"""Shared input checks and the size limits of the pack (one place, used by the nodes, the CLI and the pipeline).
+
+Every check raises :class:`DLAInputError` with a message that names the input and says how to fix it.
+The size limits guard against work that would exhaust memory or run for hours by mistake (a pasted book
+as prompt, a video's frames as references); each has a documented default and an environment variable
+that raises it (read on every call, so no restart is needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Iterable
+
+from .errors import DLAInputError
+
+# name of the environment variable -> default; README "Limits" lists them
+PROMPT_TOKENS_ENV = "DLA_MAX_PROMPT_TOKENS"
+DEFAULT_MAX_PROMPT_TOKENS = 1024  # tokens of the instruction itself (the chat template and images come on top)
+REFERENCES_ENV = "DLA_MAX_REFERENCES"
+DEFAULT_MAX_REFERENCES = 16  # reference images per prompt (each costs hundreds of MLLM tokens)
+BATCH_ENV = "DLA_MAX_BATCH"
+DEFAULT_MAX_BATCH = 16  # prompts encoded together in one MLLM forward
+
+
+def env_limit(env: str, default: int) -> int:
+    """The positive integer in environment variable ``env``, else ``default``; a bad value is an error."""
+    raw = os.environ.get(env)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DLAInputError(f"Environment variable {env}={raw!r} is not a positive whole number; e.g. {env}={default}.")
+    return value
+
+
+def max_prompt_tokens() -> int:
+    return env_limit(PROMPT_TOKENS_ENV, DEFAULT_MAX_PROMPT_TOKENS)
+
+
+def max_references() -> int:
+    return env_limit(REFERENCES_ENV, DEFAULT_MAX_REFERENCES)
+
+
+def max_batch() -> int:
+    return env_limit(BATCH_ENV, DEFAULT_MAX_BATCH)
+
+
+def check_count(what: str, count: int, limit: int, env: str, fix: str) -> None:
+    """Raise unless ``count <= limit``; the message names the environment variable that raises the limit."""
+    if count > limit:
+        raise DLAInputError(
+            f"{what}: {count}, more than the limit of {limit}. {fix} "
+            f"To allow more, set the environment variable {env} (e.g. {env}={max(count, 2 * limit)}) before "
+            "starting ComfyUI or the command."
+        )
+
+
+def finite(name: str, value, low: float | None = None, high: float | None = None, hint: str = "") -> float:
+    """``value`` as a float; raises unless it is a real, finite number within ``[low, high]`` (bounds optional)."""
+    span = (
+        f" between {low:g} and {high:g}"
+        if low is not None and high is not None
+        else f" of at least {low:g}"
+        if low is not None
+        else f" of at most {high:g}"
+        if high is not None
+        else ""
+    )
+    tail = f" {hint}" if hint else ""
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise DLAInputError(f"'{name}' must be a number{span}, got {value!r}.{tail}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise DLAInputError(f"'{name}' is {number}, not a finite number; give a number{span}.{tail}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise DLAInputError(f"'{name}' is {number:g}; give a number{span}.{tail}")
+    return number
+
+
+def whole(name: str, value, low: int | None = None, high: int | None = None, hint: str = "") -> int:
+    """``value`` as an int; raises unless it is a whole number within ``[low, high]`` (bounds optional)."""
+    tail = f" {hint}" if hint else ""
+    span = f" between {low} and {high}" if low is not None and high is not None else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        else:
+            raise DLAInputError(f"'{name}' must be a whole number{span}, got {value!r}.{tail}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = span or (f" of at least {low}" if low is not None else f" of at most {high}")
+        raise DLAInputError(f"'{name}' is {value}; give a whole number{bound}.{tail}")
+    return value
+
+
+def choice(name: str, value, options: Iterable) -> object:
+    """``value`` if it is one of ``options``; else an error listing them (older ComfyUI lets any value through)."""
+    options = list(options)
+    if value not in options:
+        shown = ", ".join(map(repr, options[:20])) + (f" ... ({len(options)} in all)" if len(options) > 20 else "")
+        raise DLAInputError(
+            f"'{name}' is {value!r}, which is not one of the offered values: {shown}. Pick one of them."
+        )
+    return value
+
+
+def finite_float(text: str) -> float:
+    """``argparse`` type: a finite float (``float`` alone accepts 'nan' and 'inf')."""
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give an ordinary number such as 1.0")
+    return number
