@@ -20,6 +20,7 @@ NODE_IDS = [
     "DLAFlux2TextEncode",
     "DLAStagedKSamplerAdvanced",
     "DLAStagedGuiderAdvanced",
+    "DLALayerMap",
 ]
 
 
