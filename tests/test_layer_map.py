@@ -233,6 +233,16 @@ def test_text_and_image_averages_use_their_own_tokens_and_their_own_lap():
     assert torch.allclose(layer_attention(dla, features).shares["image"], image_rows.mean(0), atol=1e-7)
 
 
+def test_more_tokens_than_one_chunk_give_one_row_per_token_and_the_same_average():
+    dla = make_dla()
+    features = make_features(layout=["c" + "t" * 300 + "i" * 5 + "c"])
+    rows = dla.layer_attention(features)
+    assert rows["text"].shape == (300, LAYERS) and rows["image"].shape == (5, LAYERS)
+    with torch.no_grad():
+        whole = dla.lap_text.layer_attention(features.hidden_states.permute(0, 2, 1, 3)[features.text_mask])[0]
+    assert torch.allclose(rows["text"], whole, atol=1e-6)
+
+
 def test_an_encoding_without_image_tokens_maps_text_only():
     layer_map = layer_attention(make_dla(), make_features(layout=["cttttc", "cttcpp"]))
     assert layer_map.shares["image"] is None and layer_map.tokens["image"] == 0
