@@ -13,9 +13,11 @@ from ..dla_core.dla import target_spec
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.flux.sampling import DEFAULT_GUIDANCE  # the paper's 2.5 (arXiv 2605.26111); FLUX Kontext's default too
 from ..dla_core.staging import strip_padding
+from .input_checks import checked_widgets
 from .managed_models import load_whole, manage, run_devices
 from .model_fit import check_dla_fits_model
 from .model_folders import list_dla_files, resolve_dla_file
+from .progress import check_interrupt
 from .types import CATEGORY, DLA, MLLM_FEATURES, MLLM_OFF_KEY, DLAHandle, expect
 
 CONDITIONING_DTYPE = torch.float32  # what ComfyUI's text encoders hand to samplers
@@ -53,6 +55,10 @@ class DLALoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
+
+    @classmethod
     def execute(cls, dla_name: str) -> io.NodeOutput:
         return io.NodeOutput(load_managed_dla(dla_name))
 
@@ -71,7 +77,9 @@ def aggregate_to_conditioning(handle: DLAHandle, features: MLLMFeatures, guidanc
     """
     module = handle.module
     module.check_compatible(features)  # before any weight moves: a mismatch is a user error, not an OOM
+    check_interrupt()
     load_whole(handle.patcher)
+    check_interrupt()  # loading a large DLA onto the GPU takes a while
     with torch.inference_mode():
         output = module(features)
         null = module.null_conditioning(features.batch_size)
@@ -126,6 +134,10 @@ class DLAAggregate(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
 
     @classmethod
     def execute(cls, dla, mllm_features, guidance: float, model=None) -> io.NodeOutput:

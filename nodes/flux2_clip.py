@@ -34,6 +34,7 @@ from comfy_api.latest import io
 from ..dla_core.dla import TARGETS
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
+from .input_checks import checked_widgets
 from .qwen_clip import snapshot
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
@@ -236,6 +237,10 @@ class DLAFlux2TextEncode(io.ComfyNode):
                 ),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
 
     @classmethod
     def execute(cls, clip, prompt) -> io.NodeOutput:

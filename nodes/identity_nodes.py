@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..dla_core.images import to_pil_list
 from ..dla_core.staging import identity_resolution
+from .input_checks import checked_widgets
 from .types import CATEGORY, IDENTITY, REFERENCE_METHODS, ReferenceIdentity
 
 DEFAULT_MEGAPIXELS = 1.0  # FLUX Kontext-style references are about 1 MP
@@ -90,6 +91,10 @@ class DLAVAEIdentityEncode(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
 
     @classmethod
     def execute(

@@ -10,8 +10,10 @@ from ..dla_core.dtypes import DTYPES
 from ..dla_core.errors import DLAInputError
 from ..dla_core.images import to_pil_list
 from ..dla_core.mllm import LoadedMLLM, encode_joint, load_mllm
+from .input_checks import checked_widgets
 from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_mllm_folders, resolve_mllm_folder
+from .progress import check_interrupt, node_progress
 from .types import CATEGORY, MLLM, MLLM_FEATURES, MLLMHandle, expect
 
 DTYPE_OPTIONS = ["auto", *DTYPES]  # auto, bf16, fp16, fp32
@@ -82,6 +84,10 @@ class DLAMLLMLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
+
+    @classmethod
     def execute(cls, mllm_name: str, dtype: str, device: str) -> io.NodeOutput:
         return io.NodeOutput(load_managed_mllm(mllm_name, dtype, device))
 
@@ -102,8 +108,9 @@ def encode_with_managed_mllm(handle: MLLMHandle, prompt: str, references: list[t
         raise DLAInputError(
             "The prompt is empty. Write an instruction, e.g. 'the dog from the picture running on a beach'."
         )
+    check_interrupt()
     load_whole(handle.patcher)
-    features = encode_joint(handle.loaded, prompt, references, image_size=image_size or None)
+    features = encode_joint(handle.loaded, prompt, references, image_size=image_size or None, progress=node_progress())
     return features.to(device=comfy.model_management.intermediate_device())
 
 
@@ -155,6 +162,10 @@ class DLAMLLMJointEncode(io.ComfyNode):
                 )
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
 
     @classmethod
     def execute(cls, mllm, prompt: str, image, image_size: int, image_2=None, image_3=None) -> io.NodeOutput:

@@ -13,6 +13,7 @@ from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2, validate_taus
+from .input_checks import checked_widgets, widget_problem
 from .staged_sampling import StagedCFGGuider, stage_conditionings
 from .types import CATEGORY, IDENTITY, ReferenceIdentity, expect
 
@@ -235,8 +236,8 @@ class DLAStagedKSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None):
-        return validate_taus_input(tau1, tau2)
+    def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
+        return widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs}) or validate_taus_input(tau1, tau2)
 
     @classmethod
     def execute(
@@ -304,8 +305,8 @@ class DLAStagedGuider(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None):
-        return validate_taus_input(tau1, tau2)
+    def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
+        return widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs}) or validate_taus_input(tau1, tau2)
 
     @classmethod
     def execute(
@@ -348,6 +349,10 @@ class DLAStageConditioning(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output(tooltip="The stage's conditioning.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return checked_widgets(cls, **kwargs)
 
     @classmethod
     def execute(cls, positive, stage: str, identity=None, stage3_conditioning=None) -> io.NodeOutput:

@@ -26,6 +26,7 @@ from ..dla_core.errors import DLAInputError
 from ..dla_core.reference_timing import TIMING_EXAMPLE, parse_reference_timing
 from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2
 from ..dla_core.staging import ALL_STAGES
+from .input_checks import widget_problem
 from .sampler_nodes import ksample_with_guider, validate_taus_input
 from .staged_sampling import STAGE_COND_KEYS, StagedCFGGuider
 from .types import CATEGORY
@@ -238,7 +239,8 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
-        return _validate_stage_inputs(tau1, tau2, reference_timing)
+        problem = widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs})
+        return problem or _validate_stage_inputs(tau1, tau2, reference_timing)
 
     @classmethod
     def execute(
@@ -314,7 +316,8 @@ class DLAStagedGuiderAdvanced(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
-        return _validate_stage_inputs(tau1, tau2, reference_timing)
+        problem = widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs})
+        return problem or _validate_stage_inputs(tau1, tau2, reference_timing)
 
     @classmethod
     def execute(

@@ -26,6 +26,7 @@ from ..dla_core.reference_timing import (
 )
 from ..dla_core.schedule import STAGE_LABELS, describe_schedule, stage_for_sigma, validate_taus
 from ..dla_core.staging import ALL_STAGES, stages_in_range
+from .progress import executing_node_id, show_text
 from .types import MLLM_OFF_KEY, ReferenceIdentity
 
 # Cond keys per stage; stage 1 uses ComfyUI's own names, which some extensions look for.
@@ -159,6 +160,8 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self._reference_counts: dict[int, int] = {}  # stage -> references its conditionings carry
         # stage -> ids of the (positive, negative) conditionings it was given; stages sharing them share keys/values
         self._sources: dict[int, tuple[int, int]] = {}
+        self._shown_stage: int | None = None  # stage last shown on the node ("stage k/3: ..." progress text)
+        self._node_id: str | None = None
 
     def set_conds(self, positive, negative=None, identity: ReferenceIdentity | None = None, stage3_positive=None):
         if identity is None:
@@ -281,6 +284,7 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self.original_conds = {key: value for key, value in all_conds.items() if key in keys}
         self.stage_log = []
         self.reference_log = []
+        self._shown_stage, self._node_id = None, executing_node_id()
         try:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
@@ -291,6 +295,9 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         stage, mask = self._stage_and_mask(t)
         self.stage_log.append((t, stage))
         self.reference_log.append((t, mask))
+        if stage != self._shown_stage:  # progress text on the sampling node; never fails sampling
+            self._shown_stage = stage
+            show_text(f"stage {stage}/3: {STAGE_LABELS[stage]}", self._node_id)
         positive_key, negative_key = self._keys_of(stage, mask)
         positive = self.conds.get(positive_key)
         if positive is None:  # a sampler probed a time outside the sigma range it was given

@@ -110,6 +110,25 @@ class _ServerStub:
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
 
+    def send_progress_text(self, text, node_id, sid=None):
+        """ComfyUI's own ``PromptServer.send_progress_text`` (a binary TEXT message) through this stub."""
+        from server import PromptServer
+
+        PromptServer.send_progress_text(self, text, node_id, sid)
+
+    def progress_texts(self) -> list[tuple[str, str]]:
+        """(node id, text) of every progress text sent so far, decoded as the front end does."""
+        import struct
+
+        from server import BinaryEventTypes
+
+        found = []
+        for event, data in self.messages:
+            if event == BinaryEventTypes.TEXT and isinstance(data, (bytes, bytearray)):
+                (length,) = struct.unpack(">I", data[:4])
+                found.append((data[4 : 4 + length].decode("utf-8"), data[4 + length :].decode("utf-8")))
+        return found
+
     def queue_updated(self):
         pass
 
