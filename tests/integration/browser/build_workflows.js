@@ -158,6 +158,8 @@ async function buildInPage(page, spec) {
       if (inSlot < 0) throw new Error(`${to.type} has no input ${inputName}: ${to.inputs.map((i) => i.name)}`);
       if (!from.connect(outSlot, to, inSlot)) throw new Error(`cannot connect ${from.type}[${outSlot}] -> ${to.type}.${inputName}`);
     }
+    // Machine-readable facts about the graph (e.g. extra.dla_requires: the ComfyUI features it needs).
+    app.graph.extra = Object.assign(app.graph.extra ?? {}, spec.extra ?? {});
     app.graph.setDirtyCanvas(true, true);
     const ui = app.graph.serialize();
     const api = (await app.graphToPrompt()).output;

@@ -266,10 +266,19 @@ LISTED_ONLY_MODEL_NAMES = {
     ("text_encoders", "clip_l.safetensors"),
     ("text_encoders", "t5xxl_fp8_e4m3fn_scaled.safetensors"),
     ("vae", "qwen_image_vae.safetensors"),
+    # FLUX.2 [dev] / [klein] and Qwen-Image-Edit-2511 (tests/integration/http/test_flux2_qwen2511_workflows.py runs
+    # them on tiny files through the test-only tiny loaders)
+    ("diffusion_models", "flux2_dev_fp8mixed.safetensors"),
+    ("diffusion_models", "flux-2-klein-4b-fp8.safetensors"),
+    ("diffusion_models", "qwen_image_edit_2511_fp8mixed.safetensors"),
+    ("text_encoders", "mistral_3_small_flux2_fp8.safetensors"),
+    ("text_encoders", "qwen_3_4b.safetensors"),
+    ("vae", "flux2-vae.safetensors"),
 }
 
-# The reference image the workflows' LoadImage names (written into the server's input/ folder).
+# The reference images the workflows' LoadImage nodes name (written into the server's input/ folder).
 REFERENCE_IMAGE = "dla_subject_reference.png"
+SECOND_REFERENCE_IMAGE = "dla_second_reference.png"  # image2 of the FLUX.2 / Qwen-Image-Edit-2511 workflows
 
 
 def models_tree_with_user_names(tiny_models_dir: Path, dest: Path) -> Path:
@@ -317,6 +326,7 @@ def acquire_server(comfyui: Path, tiny_models_dir: Path) -> ComfyServer:
             models = models_tree_with_user_names(tiny_models_dir, tmp / "models")
             server = ComfyServer(comfyui, models, tmp / "base", ARTIFACTS_DIR / "comfyui-server.log")
             write_reference_image(server.base_dir / "input" / REFERENCE_IMAGE)
+            write_reference_image(server.base_dir / "input" / SECOND_REFERENCE_IMAGE, size=(64, 40), seed=1)
             server.start()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

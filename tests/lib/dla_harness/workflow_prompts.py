@@ -130,3 +130,61 @@ def tiny_prompt(api_prompt: dict, user_model_names: dict, overrides: dict = TINY
 def nodes_of_type(prompt: dict, class_type: str) -> list[str]:
     """Ids of the prompt's nodes of one type, in id order."""
     return sorted((node_id for node_id, node in prompt.items() if node["class_type"] == class_type), key=int)
+
+
+# -- what a workflow needs from ComfyUI ---------------------------------------------------------------
+# The FLUX.2 and Qwen-Image-Edit-2511 workflows declare, in their UI file's ``extra.dla_requires`` (written by
+# tests/integration/support/build_flux2_qwen2511_workflows.js), what they need from ComfyUI:
+#   feature                    the model family in words
+#   min_comfyui                the first ComfyUI release with it ("0.3.72"), or null where no release is named
+#   node_types                 ComfyUI node types the graph uses that older ComfyUI lacks
+#   clip_types                 CLIPLoader types it needs ("flux2")
+#   reference_latents_methods  reference methods ComfyUI's Edit Model Reference Method must know
+#   notice                     what tells the user on a ComfyUI without it
+# On a ComfyUI that lacks one, the tests check that it really lacks it and that the user is told,
+# instead of running or loading the graph.
+REQUIREMENTS_KEY = "dla_requires"
+REQUIREMENT_FIELDS = ("feature", "min_comfyui", "node_types", "clip_types", "reference_latents_methods", "notice")
+FLUX2_NOTICE = "nodes/compat.py::flux2_missing_message"
+
+
+def workflow_requirements(ui: dict) -> dict | None:
+    """The UI workflow's ``extra.dla_requires`` (None for a workflow that runs on every supported ComfyUI)."""
+    return (ui.get("extra") or {}).get(REQUIREMENTS_KEY)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in str(version).split(".")[:3] if part.isdigit())
+
+
+def _combo_options(object_info: dict, node_type: str, input_name: str) -> list:
+    spec = object_info.get(node_type, {}).get("input", {}).get("required", {}).get(input_name)
+    if spec is None:
+        return []
+    return spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+
+
+def unmet_requirements(requires: dict | None, object_info: dict, comfyui_version: str) -> list[str]:
+    """What of ``requires`` this ComfyUI (its /object_info and version) lacks, one line each; [] = all there."""
+    if not requires:
+        return []
+    unmet = [f"node type {name}" for name in requires["node_types"] if name not in object_info]
+    clip_types = _combo_options(object_info, "CLIPLoader", "type")
+    unmet += [f"CLIPLoader type {name}" for name in requires["clip_types"] if name not in clip_types]
+    methods = _combo_options(object_info, "FluxKontextMultiReferenceLatentMethod", "reference_latents_method")
+    unmet += [f"reference method {name}" for name in requires["reference_latents_methods"] if name not in methods]
+    minimum = requires.get("min_comfyui")
+    if minimum and _version_tuple(comfyui_version) < _version_tuple(minimum):
+        unmet.append(f"ComfyUI >= {minimum} (this is {comfyui_version})")
+    return unmet
+
+
+def flux2_notice(comfyui_version: str) -> str:
+    """The pack's one-line notice on a ComfyUI without FLUX.2 (nodes/compat.py), for ``comfyui_version``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dla_pack_compat", REPO_ROOT / "nodes" / "compat.py")
+    compat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compat)  # plain module: no ComfyUI import at load
+    compat.comfyui_version = lambda: comfyui_version
+    return compat.flux2_missing_message()

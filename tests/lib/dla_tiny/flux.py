@@ -8,6 +8,8 @@
 * :func:`build_tiny_flux_vae`: a random VAE in the layout of FLUX's ``ae.safetensors``
   (16 latent channels, 8x downsampling). ComfyUI's ``VAELoader`` fixes channel widths
   (128/256/512/512) and block counts for this layout, so it is full size (~84M parameters).
+* :func:`build_tiny_flux2_vae`: FLUX.2's VAE (``flux2-vae.safetensors`` layout: 32-channel KL latent,
+  batch-norm statistics, quant convs); full-size encoder, 32-wide decoder (~36M parameters).
 * :func:`build_tiny_flux_lora`: a rank-``r`` LoRA on the attention and MLP projections of
   the tiny transformer, in the generic ``diffusion_model.<module>.lora_up/lora_down`` format
   that ``LoraLoaderModelOnly`` applies.
@@ -41,6 +43,8 @@ FLUX_TIME_EMBED = 256
 VAE_BASE_CHANNELS = 128
 VAE_CHANNEL_MULT = (1, 2, 4, 4)
 VAE_RES_BLOCKS = 2
+FLUX2_VAE_Z_CHANNELS = 32  # FLUX.2's VAE: 32 channels before the 2x2 patching (128 after)
+FLUX2_TINY_DECODER_BASE = 32  # ComfyUI reads the decoder width from decoder.conv_in (GroupNorm: 32 groups)
 
 # Modules the tiny LoRA adapts: attention and MLP projections of both block kinds.
 LORA_TARGET_SUFFIXES = (
@@ -173,8 +177,16 @@ def _vae_mid(rand: _RandomWeights, state: dict, prefix: str, channels: int):
     _vae_resnet(rand, state, f"{prefix}.mid.block_2", channels, channels)
 
 
-def tiny_flux_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """Random weights in the key layout of FLUX's ``ae.safetensors`` (encoder/decoder, 16 latent channels)."""
+def tiny_flux_vae_state_dict(
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    latent_channels: int = FLUX_LATENT_CHANNELS,
+    decoder_base: int = VAE_BASE_CHANNELS,
+) -> dict[str, torch.Tensor]:
+    """Random weights in the key layout of FLUX's ``ae.safetensors`` (encoder/decoder, 16 latent channels).
+
+    ``latent_channels`` / ``decoder_base``: see :func:`tiny_flux2_vae_state_dict` (FLUX.2's VAE).
+    """
     rand = _RandomWeights(seed, dtype)
     state: dict[str, torch.Tensor] = {}
     mult = VAE_CHANNEL_MULT
@@ -192,13 +204,13 @@ def tiny_flux_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16)
             rand.conv(state, f"encoder.down.{level}.downsample.conv", block_in, block_in, 3)
     _vae_mid(rand, state, "encoder", block_in)
     rand.group_norm(state, "encoder.norm_out", block_in)
-    rand.conv(state, "encoder.conv_out", 2 * FLUX_LATENT_CHANNELS, block_in, 3)  # mean and log-variance
+    rand.conv(state, "encoder.conv_out", 2 * latent_channels, block_in, 3)  # mean and log-variance
 
-    block_in = base * mult[-1]
-    rand.conv(state, "decoder.conv_in", block_in, FLUX_LATENT_CHANNELS, 3)
+    block_in = decoder_base * mult[-1]
+    rand.conv(state, "decoder.conv_in", block_in, latent_channels, 3)
     _vae_mid(rand, state, "decoder", block_in)
     for level in reversed(range(levels)):
-        block_out = base * mult[level]
+        block_out = decoder_base * mult[level]
         for block in range(VAE_RES_BLOCKS + 1):
             _vae_resnet(rand, state, f"decoder.up.{level}.block.{block}", block_in, block_out)
             block_in = block_out
@@ -212,6 +224,34 @@ def tiny_flux_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16)
 def build_tiny_flux_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write a random FLUX-architecture VAE (``ae.safetensors`` layout) that ComfyUI's ``VAELoader`` loads."""
     return write_safetensors(path, tiny_flux_vae_state_dict(seed=seed, dtype=dtype), metadata={"format": "pt"})
+
+
+def tiny_flux2_vae_state_dict(seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+    """Random weights in the layout of FLUX.2's ``flux2-vae.safetensors`` as ComfyUI's ``VAE`` detects it.
+
+    ComfyUI (>= 0.3.72, comfy/sd.py) reads the generic KL layout with a ``bn.running_mean``: a
+    32-channel latent, 2x2-patched and batch-normalised into FLUX.2's 128 channels (16x downsampling),
+    with ``quant_conv`` / ``post_quant_conv``. It fixes the encoder's widths (128/256/512/512) but
+    derives the decoder's from ``decoder.conv_in`` (what BFL's small-decoder file uses), so the
+    decoder here is 32 wide at the base (~36M parameters in all, nearly all of them the encoder).
+    """
+    rand = _RandomWeights(seed + 1, dtype)
+    state = tiny_flux_vae_state_dict(
+        seed=seed, dtype=dtype, latent_channels=FLUX2_VAE_Z_CHANNELS, decoder_base=FLUX2_TINY_DECODER_BASE
+    )
+    z = FLUX2_VAE_Z_CHANNELS
+    rand.conv(state, "quant_conv", 2 * z, 2 * z, 1)
+    rand.conv(state, "post_quant_conv", z, z, 1)
+    patched = 4 * z  # the 2x2 patches: FLUX.2's 128 latent channels
+    state["bn.running_mean"] = rand.normal((patched,), 0.1).float()
+    state["bn.running_var"] = (1.0 + rand.normal((patched,), 0.1).float().abs()).float()
+    state["bn.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return state
+
+
+def build_tiny_flux2_vae(path: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write :func:`tiny_flux2_vae_state_dict` (``flux2-vae.safetensors`` layout) for ComfyUI's ``VAELoader``."""
+    return write_safetensors(path, tiny_flux2_vae_state_dict(seed=seed, dtype=dtype), metadata={"format": "pt"})
 
 
 def build_tiny_flux_lora(

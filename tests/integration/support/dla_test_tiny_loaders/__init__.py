@@ -1,7 +1,8 @@
 """TEST-ONLY ComfyUI custom nodes: ComfyUI's CLIPLoader / DualCLIPLoader that build tiny text encoders.
 
 ComfyUI builds text encoders from fixed configs whatever the file holds (Qwen2.5-VL-7B for
-type qwen_image, a 4.7B T5-XXL for type flux), so a workflow that loads the tiny test files
+type qwen_image, a 4.7B T5-XXL for type flux, Mistral-Small-3 24B / Qwen3-4B for type flux2),
+so a workflow that loads the tiny test files
 through the stock loaders would build full-size models. ``comfy.sd.load_clip`` honours
 ``model_options["<model_name>_model_config"]`` (comfy/sd1_clip.py; for CLIP-L files ComfyUI
 builds that entry from ``model_options["model_config"]``), which the stock nodes never pass.
@@ -29,11 +30,18 @@ for _path in (_REPO_ROOT, _REPO_ROOT / "tests" / "lib"):  # dla_core; the test-o
     if str(_path) not in sys.path:
         sys.path.append(str(_path))
 
+from dla_tiny.flux2_text_encoders import COMFY_MISTRAL3_OPTIONS, COMFY_QWEN3_OPTIONS  # noqa: E402
 from dla_tiny.flux_text_encoders import COMFY_MODEL_OPTIONS as _FLUX_TE_OPTIONS  # noqa: E402
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, DIT_READY_TE_CONFIG  # noqa: E402
 
-# Qwen2.5-VL: the tiny config whose output fits the Qwen-Image DiT (3584 wide); FLUX: CLIP-L + T5.
-TINY_TEXT_ENCODER_OPTIONS = {COMFY_TE_MODEL_OPTIONS_KEY: dict(DIT_READY_TE_CONFIG), **_FLUX_TE_OPTIONS}
+# Qwen2.5-VL: the tiny config whose output fits the Qwen-Image DiT (3584 wide); FLUX: CLIP-L + T5;
+# FLUX.2 (type flux2): Mistral-3 ([dev]) and Qwen3-4B ([klein]), narrow past their real widths.
+TINY_TEXT_ENCODER_OPTIONS = {
+    COMFY_TE_MODEL_OPTIONS_KEY: dict(DIT_READY_TE_CONFIG),
+    **_FLUX_TE_OPTIONS,
+    **COMFY_MISTRAL3_OPTIONS,
+    **COMFY_QWEN3_OPTIONS,
+}
 # stock node id -> the test-only id that replaces it in a rewritten workflow
 SUBSTITUTES = {"CLIPLoader": "DLATestTinyCLIPLoader", "DualCLIPLoader": "DLATestTinyDualCLIPLoader"}
 
