@@ -216,9 +216,26 @@ class InspectCommand:
         parser.add_argument("--height", type=int, default=512, help="plot height in pixels (default 512)")
 
     @staticmethod
+    def check_layer_map_args(args: argparse.Namespace) -> None:
+        """Refuse inconsistent layer-map flags before anything is read or printed."""
+        if args.plot and Path(args.plot).suffix.lower() != ".png":
+            raise DLAInputError(f"--plot writes a PNG: give a file name ending in .png, got '{Path(args.plot).name}'.")
+        if not args.mllm and (args.prompt or args.reference):
+            raise DLAInputError("--prompt and --reference are encoded with an MLLM: give its folder with --mllm.")
+        if args.mllm:
+            missing = [
+                flag for flag, value in (("--prompt", args.prompt), ("--reference", args.reference)) if not value
+            ]
+            if missing:
+                raise DLAInputError(
+                    f"With --mllm, give {' and '.join(missing)}: the layer map averages over that encoding."
+                )
+
+    @staticmethod
     def run(args: argparse.Namespace) -> int:
         from .checkpoint import read_dla_header
 
+        InspectCommand.check_layer_map_args(args)
         path, config, header = read_dla_header(args.file)
         tensors = {name: info for name, info in header.items() if name != "__metadata__"}
         params = 0
@@ -245,23 +262,12 @@ class InspectCommand:
         from .checkpoint import load_dla
         from .layer_map import layer_attention, plot_layer_map, readout_map, summarize
 
-        if args.plot and Path(args.plot).suffix.lower() != ".png":
-            raise DLAInputError(f"--plot writes a PNG: give a file name ending in .png, got '{Path(args.plot).name}'.")
-        if not args.mllm and (args.prompt or args.reference):
-            raise DLAInputError("--prompt and --reference are encoded with an MLLM: give its folder with --mllm.")
         dla = load_dla(path, device=args.device, dtype=torch.float32)
         if args.mllm:
             from .mllm import encode_joint, load_mllm
             from .pipeline import load_reference_image
             from .spec import read_mllm_spec
 
-            missing = [
-                flag for flag, value in (("--prompt", args.prompt), ("--reference", args.reference)) if not value
-            ]
-            if missing:
-                raise DLAInputError(
-                    f"With --mllm, give {' and '.join(missing)}: the layer map averages over that encoding."
-                )
             dla.check_compatible(read_mllm_spec(args.mllm))  # before loading any weights
             mllm = load_mllm(args.mllm, dtype=args.dtype, device=args.device)
             references = [load_reference_image(reference) for reference in args.reference]

@@ -346,4 +346,20 @@ def test_inspect_with_an_mllm_of_another_family_is_one_clean_error(
 def test_inspect_prompt_without_mllm_asks_for_it(tmp_path, capsys):
     checkpoint = save_dla(make_dla(), tmp_path / "dla.safetensors")
     assert main(["inspect", str(checkpoint), "--prompt", "a dog"]) == 2
-    assert "--mllm" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "give its folder with --mllm" in captured.err and captured.out == ""
+
+
+def test_inspect_mllm_without_a_reference_asks_for_one_before_reading_anything(tmp_path, capsys):
+    checkpoint = save_dla(make_dla(), tmp_path / "dla.safetensors")
+    argv = ["inspect", str(checkpoint), "--mllm", str(tmp_path / "no-such-mllm"), "--prompt", "a dog"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "With --mllm, give --reference" in captured.err and captured.out == ""
+
+
+def test_inspect_plot_to_a_non_png_name_is_refused(tmp_path, capsys):
+    checkpoint = save_dla(make_dla(), tmp_path / "dla.safetensors")
+    assert main(["inspect", str(checkpoint), "--plot", str(tmp_path / "map.jpg")]) == 2
+    assert "ending in .png" in capsys.readouterr().err
+    assert not (tmp_path / "map.jpg").exists()
