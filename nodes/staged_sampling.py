@@ -26,6 +26,7 @@ from ..dla_core.reference_timing import (
 )
 from ..dla_core.schedule import STAGE_LABELS, describe_schedule, stage_for_sigma, validate_taus
 from ..dla_core.staging import ALL_STAGES, stages_in_range
+from .model_fit import check_conditioning_fits_model
 from .progress import executing_node_id, show_text
 from .types import MLLM_OFF_KEY, ReferenceIdentity
 
@@ -197,8 +198,11 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
 
         Without a timing (or while every reference is active) the stage keys are used as they are,
         so sampling is unchanged. Raises :class:`DLAInputError` when the timing names more
-        references than any stage's conditioning holds.
+        references than any stage's conditioning holds, or when a conditioning's tokens are not as
+        wide as the model reads (e.g. FLUX.2 conditioning on a FLUX.1 model).
         """
+        for key, conditioning in conds.items():  # a width mismatch is one clear error here, not a matmul error later
+            check_conditioning_fits_model(self.model_patcher, conditioning, f"The {key.replace('_', ' ')} conditioning")
         self._reference_counts = {
             stage: max(reference_count(conds.get(key)) for key in STAGE_COND_KEYS[stage]) for stage in ALL_STAGES
         }

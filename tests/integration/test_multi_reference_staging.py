@@ -301,3 +301,15 @@ def _sigmas_for(model, family: str) -> torch.Tensor:
 
         return Flux2Scheduler.execute(STEPS, 64, 64).result[0]
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", STEPS)
+
+
+def test_a_conditioning_for_another_model_is_one_clear_error_before_sampling(family_models):
+    """FLUX.2-wide tokens on FLUX.1 (Kontext): named stage, both widths, the fix; not a matmul error mid-run."""
+    model, text, latent, _ = family_models["flux_kontext"]
+    wrong = [[_random(1, 5, 96, seed=30), {"guidance": 4.0}]]
+    node = pack_module("nodes.staged_advanced").DLAStagedKSamplerAdvanced
+    error = pack_module("dla_core.errors").DLAInputError
+    common = dict(seed=SEED, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple", denoise=1.0)
+    with pytest.raises(error, match=r"positive stage2 conditioning has 96-wide .* reads 4096-wide"):
+        node.execute(model, text, latent, tau1=0.95, tau2=0.0, positive_stage2=wrong, **common)
+    assert torch.isfinite(node.execute(model, text, latent, tau1=0.95, tau2=0.0, **common).result[0]["samples"]).all()
