@@ -218,3 +218,135 @@ def test_every_model_file_a_workflow_names_has_a_tiny_stand_in_for_the_tests(pat
     stand_ins = {user_name for _, user_name in _user_model_names()}
     named = {widget(path, node, loaders[node["type"]]) for node in load(path)["nodes"] if node["type"] in loaders}
     assert named - stand_ins == set()
+
+
+# -- FLUX.2 and Qwen-Image-Edit-2511 (workflows newer than the oldest supported ComfyUI) -----------------
+FLUX2_STAGED = ("flux2_dev_staged", "flux2_klein_staged")
+NEW_FAMILY_FILES = [WORKFLOWS_DIR / f"{name}.json" for name in (*FLUX2_STAGED, "flux2_dev_compare")] + [
+    WORKFLOWS_DIR / "qwen_image_edit_2511_staged.json"
+]
+# Node types and CLIPLoader types that only a ComfyUI with FLUX.2 has (0.3.64 lacks them).
+FLUX2_ONLY_NODE_TYPES = {"EmptyFlux2LatentImage", "Flux2Scheduler"}
+# The files of ComfyUI's own templates (comfyui-workflow-templates: image_flux2_fp8,
+# image_flux2_klein_image_edit_4b_distilled, image_qwen_image_edit_2511).
+TEMPLATE_FILES = {
+    "flux2_dev_staged": {
+        "flux2_dev_fp8mixed.safetensors",
+        "mistral_3_small_flux2_fp8.safetensors",
+        "flux2-vae.safetensors",
+    },
+    "flux2_dev_compare": {
+        "flux2_dev_fp8mixed.safetensors",
+        "mistral_3_small_flux2_fp8.safetensors",
+        "flux2-vae.safetensors",
+    },
+    "flux2_klein_staged": {"flux-2-klein-4b-fp8.safetensors", "qwen_3_4b.safetensors", "flux2-vae.safetensors"},
+    "qwen_image_edit_2511_staged": {
+        "qwen_image_edit_2511_fp8mixed.safetensors",
+        "qwen_2.5_vl_7b_fp8_scaled.safetensors",
+        "qwen_image_vae.safetensors",
+    },
+}
+MODEL_WIDGETS = {"UNETLoader": "unet_name", "CLIPLoader": "clip_name", "VAELoader": "vae_name"}
+
+
+def _requires(ui: dict) -> dict | None:
+    return (ui.get("extra") or {}).get("dla_requires")
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=ids)
+def test_a_workflow_that_needs_a_newer_comfyui_declares_it(path):
+    """Any graph using FLUX.2-only nodes / CLIP type declares it (machine-readable) with the notice that tells users."""
+    ui = load(path)
+    api = load(API_DIR / path.name)
+    types = {node["type"] for node in ui["nodes"]}
+    clip_types = {node["inputs"]["type"] for node in api.values() if node["class_type"] == "CLIPLoader"}
+    requires = _requires(ui)
+    if not (types & FLUX2_ONLY_NODE_TYPES or "flux2" in clip_types or path in NEW_FAMILY_FILES):
+        assert requires is None  # the 2509 / Kontext / DLA workflows run on every supported ComfyUI
+        return
+    assert set(requires) == {
+        "feature",
+        "min_comfyui",
+        "node_types",
+        "clip_types",
+        "reference_latents_methods",
+        "notice",
+    }
+    assert set(requires["node_types"]) == types & FLUX2_ONLY_NODE_TYPES
+    assert set(requires["clip_types"]) == clip_types & {"flux2"}
+    if "flux2" in clip_types:
+        assert requires["notice"] == "nodes/compat.py::flux2_missing_message"
+        assert requires["min_comfyui"] == ("0.9.2" if "klein" in path.stem else "0.3.72")
+    else:
+        assert requires["reference_latents_methods"] == ["index_timestep_zero"]
+
+
+@pytest.mark.parametrize("path", NEW_FAMILY_FILES, ids=[path.stem for path in NEW_FAMILY_FILES])
+def test_new_family_workflow_names_the_template_files_in_loaders_and_note(path):
+    ui = load(path)
+    api = load(API_DIR / path.name)
+    named = {
+        node["inputs"][MODEL_WIDGETS[node["class_type"]]]
+        for node in api.values()
+        if node["class_type"] in MODEL_WIDGETS
+    }
+    assert named == TEMPLATE_FILES[path.stem]
+    note = only(ui, "Note")["widgets_values"][0]
+    assert all(name in note for name in named)
+    assert "not tuned" in note  # the recipe is a starting point
+
+
+def _staged_node(api: dict) -> tuple[str, dict]:
+    (found,) = [
+        (i, n) for i, n in api.items() if n["class_type"] in ("DLAStagedGuiderAdvanced", "DLAStagedKSamplerAdvanced")
+    ]
+    return found
+
+
+@pytest.mark.parametrize("path", NEW_FAMILY_FILES, ids=[path.stem for path in NEW_FAMILY_FILES])
+def test_new_family_workflow_follows_the_staging_recipe(path):
+    """Stage 1 text only, stage 2 text + two references, stage 3 = stage 2 (unconnected), tau 0.95 / 0."""
+    api = load(API_DIR / path.name)
+    _, staged = _staged_node(api)
+    inputs = staged["inputs"]
+    assert (inputs["tau1"], inputs["tau2"]) == (0.95, 0)
+    assert "positive_stage3" not in inputs and "negative_stage3" not in inputs
+    refs = api[inputs["positive_stage2"][0]]
+    assert refs["class_type"] == "DLAReferenceLatents"
+    assert refs["inputs"]["conditioning"] == inputs["positive_stage1"]  # stage 2 = stage 1's text + the references
+    images = [api[refs["inputs"][f"image{i}"][0]]["inputs"]["image"] for i in (1, 2)]
+    assert images == ["dla_subject_reference.png", "dla_second_reference.png"]
+    if "negative_stage2" in inputs:  # cfg > 1 (Qwen-Image-Edit-2511): the negative gets the same references
+        negative_refs = api[inputs["negative_stage2"][0]]
+        assert negative_refs["inputs"]["conditioning"] == inputs["negative_stage1"]
+        assert inputs["cfg"] > 1
+
+
+def test_a_flux2_workflow_shows_a_reference_timing_example():
+    _, staged = _staged_node(load(API_DIR / "flux2_dev_staged.json"))
+    assert staged["inputs"]["reference_timing"] == "0.95-0, 1-0.5"
+
+
+def test_flux2_compare_differs_only_in_staging():
+    """Native (ReferenceLatent x2 + BasicGuider) and staged share seed, noise, sampler, latent and text."""
+    api = load(API_DIR / "flux2_dev_compare.json")
+    samplers = [node for node in api.values() if node["class_type"] == "SamplerCustomAdvanced"]
+    assert len(samplers) == 2
+    native, staged = sorted(samplers, key=lambda n: api[n["inputs"]["guider"][0]]["class_type"])
+    assert api[native["inputs"]["guider"][0]]["class_type"] == "BasicGuider"
+    for name in ("noise", "sampler", "latent_image"):
+        assert native["inputs"][name] == staged["inputs"][name], name
+    schedulers = [api[n["inputs"]["sigmas"][0]]["inputs"] for n in (native, staged)]
+    assert schedulers[0] == schedulers[1]
+    saves = [node for node in api.values() if node["class_type"] == "SaveImage"]
+    assert len({node["inputs"]["filename_prefix"] for node in saves}) == 2
+    # Native: both references on the FluxGuidance text, as ComfyUI's FLUX.2 template chains them.
+    chain = api[native["inputs"]["guider"][0]]["inputs"]["conditioning"]
+    refs = []
+    while api[chain[0]]["class_type"] == "ReferenceLatent":
+        refs.append(chain[0])
+        chain = api[chain[0]]["inputs"]["conditioning"]
+    assert len(refs) == 2 and api[chain[0]]["class_type"] == "FluxGuidance"
+    _, staged_guider = _staged_node(api)
+    assert staged_guider["inputs"]["positive_stage1"] == chain
