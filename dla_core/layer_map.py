@@ -113,8 +113,11 @@ def _percent(value: float) -> str:
     return f"{100 * value:.0f}%"
 
 
-def summarize_kind(layer_map: LayerMap, kind: str) -> str:
-    """One line for one kind, e.g. ``text tokens (12): shallow 10% / middle 28% / deep 62% ...``."""
+def summarize_kind(layer_map: LayerMap, kind: str, ranges: bool = True) -> str:
+    """One line for one kind, e.g. ``text tokens (12): shallow 10% / middle 28% / deep 62% ...``.
+
+    ``ranges=False`` leaves out the thirds' layer numbers (the picture shades them).
+    """
     shares = layer_map.shares.get(kind)
     if shares is None:
         return f"{kind} tokens: none in this encoding"
@@ -124,8 +127,8 @@ def summarize_kind(layer_map: LayerMap, kind: str) -> str:
     return (
         f"{kind} tokens{count}: "
         + " / ".join(f"{name} {_percent(value)}" for name, value in zip(DEPTH_NAMES, depth))
-        + f" (MLLM layers {' / '.join(layer_map.third_ranges())}); strongest: layer {layer_map.layers[peak]} "
-        f"({_percent(float(shares[peak]))})"
+        + (f" (MLLM layers {' / '.join(layer_map.third_ranges())})" if ranges else "")
+        + f"; strongest: layer {layer_map.layers[peak]} ({_percent(float(shares[peak]))})"
     )
 
 
@@ -188,10 +191,11 @@ def plot_layer_map(layer_map: LayerMap, width: int = 768, height: int = 512) -> 
 
 def _draw_panel(draw, layer_map: LayerMap, kind: str, box, y_top: float, font, small, size: int) -> None:
     left, top, right, bottom = box
-    draw.text((left, top), summarize_kind(layer_map, kind), fill=LABEL_COLOURS[kind], font=small)
+    draw.text((left, top), summarize_kind(layer_map, kind, ranges=False), fill=LABEL_COLOURS[kind], font=small)
     axis_left = left + _text_width(draw, "100%", small) + 6
     axis_top, axis_bottom, axis_right = top + size + 6, bottom - size - 8, right
-    if axis_bottom - axis_top < 8:
+    bars_top = axis_top + size + 2  # a strip above the bars for the thirds' names
+    if axis_bottom - bars_top < 8:
         return
     count = len(layer_map.layers)
     slot = (axis_right - axis_left) / count
@@ -207,7 +211,7 @@ def _draw_panel(draw, layer_map: LayerMap, kind: str, box, y_top: float, font, s
             draw.text((x0 + 2, axis_top + 1), label, fill=(120, 120, 120), font=small)
     for tick in range(5):
         value = y_top * tick / 4
-        y = axis_bottom - (axis_bottom - axis_top) * tick / 4
+        y = axis_bottom - (axis_bottom - bars_top) * tick / 4
         draw.line((axis_left, y, axis_right, y), fill=(200, 200, 200))
         label = f"{round(100 * value, 1):g}%"
         draw.text(
@@ -222,7 +226,7 @@ def _draw_panel(draw, layer_map: LayerMap, kind: str, box, y_top: float, font, s
         for column, share in enumerate(shares.tolist()):
             x0 = axis_left + column * slot + slot * 0.1
             x1 = axis_left + (column + 1) * slot - slot * 0.1
-            y = axis_bottom - (axis_bottom - axis_top) * min(share, y_top) / y_top
+            y = axis_bottom - (axis_bottom - bars_top) * min(share, y_top) / y_top
             if share > 0:
                 draw.rectangle((x0, min(y, axis_bottom - 1), max(x1, x0 + 1), axis_bottom), fill=KIND_COLOURS[kind])
     draw.line((axis_left, axis_bottom, axis_right, axis_bottom), fill=(0, 0, 0))
