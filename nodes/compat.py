@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 
-FLUX2_MIN_COMFYUI = "0.3.72"  # FLUX.2 [dev]; [klein] needs 0.9.2
+# From public release notes / issue threads (not ComfyUI's git history): FLUX.2 [dev] in 0.3.72, [klein]'s
+# Qwen3 encoders in 0.9.2.
+FLUX2_MIN_COMFYUI = "0.3.72"
+KLEIN_MIN_COMFYUI = "0.9.2"
 
 
 def comfyui_version() -> str:
@@ -34,7 +37,8 @@ def flux2_missing_message() -> str:
     """The one line for a ComfyUI without FLUX.2."""
     return (
         f"DLA: this ComfyUI ({comfyui_version()}) has no FLUX.2; the FLUX.2 workflows need ComfyUI >= "
-        f"{FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= 0.9.2). FLUX.1, FLUX Kontext and Qwen-Image-Edit staging work here."
+        f"{FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}). FLUX.1, FLUX Kontext and Qwen-Image-Edit "
+        "staging work here."
     )
 
 

@@ -34,14 +34,13 @@ from comfy_api.latest import io
 from ..dla_core.dla import TARGETS
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
+from .compat import FLUX2_MIN_COMFYUI, KLEIN_MIN_COMFYUI, comfyui_version
 from .input_checks import checked_widgets
 from .qwen_clip import snapshot
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
 
 CATEGORY = ROOT_CATEGORY + "/FLUX.2"
-FLUX2_MIN_COMFYUI = "0.3.72"  # FLUX.2 [dev]; [klein]'s Qwen3 encoders came in 0.9.2
-KLEIN_MIN_COMFYUI = "0.9.2"
 # ComfyUI's encoder name -> (MLLMFeatures.family, hidden states of the full model, target)
 ENCODERS = {
     "mistral3_24b": ("mistral3", TARGETS["flux2"].native.num_layers, "flux2"),
@@ -54,20 +53,11 @@ LOAD_HINT = (
 )
 
 
-def comfy_version() -> str:
-    """This ComfyUI's version string (``comfyui_version.__version__``), or "unknown"."""
-    try:
-        import comfyui_version  # noqa: PLC0415 (ComfyUI's root module)
-    except ImportError:
-        return "unknown"
-    return str(getattr(comfyui_version, "__version__", "unknown"))
-
-
 def needs_newer_comfyui_message() -> str:
     """The one line a ComfyUI without FLUX.2 gets from every FLUX.2 node of the pack."""
     return (
         f"FLUX.2 needs ComfyUI >= {FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}); this ComfyUI is "
-        f"{comfy_version()}. Update ComfyUI."
+        f"{comfyui_version()}. Update ComfyUI."
     )
 
 
