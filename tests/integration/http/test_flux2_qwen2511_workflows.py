@@ -180,7 +180,7 @@ def _assert_comfyui_lacks_what_is_declared(name: str, requires: dict, unmet: lis
     if "index_timestep_zero" in requires["reference_latents_methods"]:
         from dla_core.qwen_template import resolve_reference_method
 
-        methods = wf._combo_options(object_info, "FluxKontextMultiReferenceLatentMethod", "reference_latents_method")
+        methods = wf.combo_options(object_info, "FluxKontextMultiReferenceLatentMethod", "reference_latents_method")
         method, note = resolve_reference_method("auto", "qwen_image_edit_2511", tuple(methods))
         assert method == "index" and "index_timestep_zero" in note and "Update ComfyUI" in note
 

@@ -157,7 +157,8 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in str(version).split(".")[:3] if part.isdigit())
 
 
-def _combo_options(object_info: dict, node_type: str, input_name: str) -> list:
+def combo_options(object_info: dict, node_type: str, input_name: str) -> list:
+    """The options of a node's required combo input in /object_info ([] where the node or input is absent)."""
     spec = object_info.get(node_type, {}).get("input", {}).get("required", {}).get(input_name)
     if spec is None:
         return []
@@ -169,9 +170,9 @@ def unmet_requirements(requires: dict | None, object_info: dict, comfyui_version
     if not requires:
         return []
     unmet = [f"node type {name}" for name in requires["node_types"] if name not in object_info]
-    clip_types = _combo_options(object_info, "CLIPLoader", "type")
+    clip_types = combo_options(object_info, "CLIPLoader", "type")
     unmet += [f"CLIPLoader type {name}" for name in requires["clip_types"] if name not in clip_types]
-    methods = _combo_options(object_info, "FluxKontextMultiReferenceLatentMethod", "reference_latents_method")
+    methods = combo_options(object_info, "FluxKontextMultiReferenceLatentMethod", "reference_latents_method")
     unmet += [f"reference method {name}" for name in requires["reference_latents_methods"] if name not in methods]
     minimum = requires.get("min_comfyui")
     if minimum and _version_tuple(comfyui_version) < _version_tuple(minimum):
