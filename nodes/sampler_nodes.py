@@ -127,27 +127,21 @@ def staged_ksample(
     return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
 
 
-def _stage_inputs() -> list:
+def tau_inputs(tau1_tooltip: str, tau2_tooltip: str) -> list:
+    """The two stage thresholds every staged node takes (paper defaults), with the node's own tooltips."""
     return [
-        io.Float.Input(
-            "tau1",
-            default=DEFAULT_TAU1,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="Stage 1 (MLLM only) while t >= tau1; t is the flow time (1 = pure noise). 0 with tau2 0 = every "
-            "step in stage 1 (no identity).",
-        ),
-        io.Float.Input(
-            "tau2",
-            default=DEFAULT_TAU2,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="Stage 2 (MLLM + identity) while tau2 <= t < tau1, stage 3 (identity only) below. Must not exceed "
-            "tau1; 0 = no stage 3.",
-        ),
+        io.Float.Input("tau1", default=DEFAULT_TAU1, min=0.0, max=1.0, step=0.01, tooltip=tau1_tooltip),
+        io.Float.Input("tau2", default=DEFAULT_TAU2, min=0.0, max=1.0, step=0.01, tooltip=tau2_tooltip),
     ]
+
+
+def _stage_inputs() -> list:
+    return tau_inputs(
+        "Stage 1 (MLLM only) while t >= tau1; t is the flow time (1 = pure noise). 0 with tau2 0 = every "
+        "step in stage 1 (no identity).",
+        "Stage 2 (MLLM + identity) while tau2 <= t < tau1, stage 3 (identity only) below. Must not exceed "
+        "tau1; 0 = no stage 3.",
+    )
 
 
 def _optional_conditioning_inputs() -> list:

@@ -24,10 +24,9 @@ from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
 from ..dla_core.reference_timing import TIMING_EXAMPLE, parse_reference_timing
-from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2
 from ..dla_core.staging import ALL_STAGES
 from .input_checks import widget_problem
-from .sampler_nodes import ksample_with_guider, validate_taus_input
+from .sampler_nodes import ksample_with_guider, tau_inputs, validate_taus_input
 from .staged_sampling import STAGE_COND_KEYS, StagedCFGGuider
 from .types import CATEGORY
 
@@ -140,22 +139,9 @@ def _cfg_input(default: float) -> io.Float.Input:
 def _stage_and_timing_inputs() -> list:
     """tau1, tau2 and the optional per-reference timing."""
     return [
-        io.Float.Input(
-            "tau1",
-            default=DEFAULT_TAU1,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps "
-            "skips stage 1.",
-        ),
-        io.Float.Input(
-            "tau2",
-            default=DEFAULT_TAU2,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
+        *tau_inputs(
+            "Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps skips stage 1.",
+            "Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
         ),
         io.String.Input(
             "reference_timing",
