@@ -181,11 +181,14 @@ def unmet_requirements(requires: dict | None, object_info: dict, comfyui_version
 
 
 def flux2_notice(comfyui_version: str) -> str:
-    """The pack's one-line notice on a ComfyUI without FLUX.2 (nodes/compat.py), for ``comfyui_version``."""
-    import importlib.util
+    """The pack's one-line notice on a ComfyUI without FLUX.2 (nodes/compat.py), for ``comfyui_version``.
 
-    spec = importlib.util.spec_from_file_location("dla_pack_compat", REPO_ROOT / "nodes" / "compat.py")
-    compat = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compat)  # plain module: no ComfyUI import at load
-    compat.comfyui_version = lambda: comfyui_version
+    Worded by the pack that ComfyUI loaded in this process (the ``comfy`` fixture), which must be the same
+    ComfyUI version as the server's.
+    """
+    from dla_harness.in_process import pack_module
+
+    compat = pack_module("nodes.compat")
+    if compat.comfyui_version() != comfyui_version:
+        raise RuntimeError(f"ComfyUI in this process is {compat.comfyui_version()}, the server's is {comfyui_version}")
     return compat.flux2_missing_message()
