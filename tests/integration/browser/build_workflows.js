@@ -1,7 +1,7 @@
 // Builds the example workflows in ComfyUI's real front end and saves them as the front end does.
 //
 // usage (from the repository root, with a server running the pack, e.g.
-//        `python tests/integration/server.py` in another shell):
+//        `PYTHONPATH=tests/lib python -m dla_harness.server` in another shell):
 //   node tests/integration/browser/build_workflows.js http://127.0.0.1:PORT
 // writes workflows/<name>.json (UI format: app.graph.serialize(), what "Save" writes) and
 //        workflows/api/<name>.json (API format: app.graphToPrompt().output, what "Export (API)" writes).

@@ -2,7 +2,7 @@
 // saves them as the front end does (same method as tests/integration/browser/build_workflows.js).
 //
 // usage (from the repository root, with a server running the pack, e.g.
-//        `python tests/integration/server.py` in another shell):
+//        `PYTHONPATH=tests/lib python -m dla_harness.server` in another shell):
 //   node tests/integration/support/build_qwen_kontext_workflows.js http://127.0.0.1:PORT
 // writes workflows/<name>.json (UI format: app.graph.serialize()) and workflows/api/<name>.json
 //        (API format: app.graphToPrompt().output) for the four graphs below.
