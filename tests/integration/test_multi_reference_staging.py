@@ -253,8 +253,8 @@ def test_the_staged_guider_with_flux2_sigmas_equals_the_staged_ksampler_and_nati
     One-stage schedules equal ComfyUI's CFGGuider on that stage's conditioning, bit for bit; the
     mixed schedule sends no references at t >= tau1.
     """
+    import comfy.sample
     import comfy.samplers
-    from comfy_extras.nodes_custom_sampler import CFGGuider, RandomNoise, SamplerCustomAdvanced
 
     found = _family(family_models, family)
     if found is None:
@@ -262,18 +262,24 @@ def test_the_staged_guider_with_flux2_sigmas_equals_the_staged_ksampler_and_nati
     model, text, latent, references = found
     advanced = pack_module("nodes.staged_advanced")
     sigmas = _sigmas_for(model, family)
-    noise = RandomNoise.execute(SEED).result[0]
     sampler = comfy.samplers.sampler_object("euler")
     conditioning = with_references(text, references)
 
     def run(guider, sigmas=sigmas) -> torch.Tensor:
-        return SamplerCustomAdvanced.execute(noise, guider, sampler, sigmas, latent).result[0]["samples"]
+        """What SamplerCustomAdvanced does with a guider (its node API differs between ComfyUI versions)."""
+        noise = comfy.sample.prepare_noise(latent["samples"], SEED)
+        return guider.sample(noise, latent["samples"], sampler, sigmas, seed=SEED)
+
+    def native_guider(positive):
+        guider = comfy.samplers.CFGGuider(model)  # what ComfyUI's CFGGuider node builds
+        guider.set_conds(positive, positive)
+        guider.set_cfg(1.0)
+        return guider
 
     # all calls in stage 1 (tau 0/0); all in stage 2 (tau1 = 1 with the schedule started below t = 1)
     for tau1, tau2, stage_positive, stage_sigmas in ((0.0, 0.0, text, sigmas), (1.0, 0.0, conditioning, sigmas[1:])):
         staged = advanced.DLAStagedGuiderAdvanced.execute(model, text, 1.0, tau1, tau2, positive_stage2=conditioning)
-        native = CFGGuider.execute(model, stage_positive, stage_positive, 1.0).result[0]
-        assert torch.equal(run(staged.result[0], stage_sigmas), run(native, stage_sigmas))
+        assert torch.equal(run(staged.result[0], stage_sigmas), run(native_guider(stage_positive), stage_sigmas))
     probe = Probe(model)
     guider = advanced.DLAStagedGuiderAdvanced.execute(
         probe.model, text, 1.0, 0.95, 0.0, positive_stage2=conditioning
