@@ -13,8 +13,8 @@ pure noise), the same convention as the stages (stage 1 while ``t >= tau1``). Re
 the last range are always active; an empty text means every reference is always active.
 
 Everything here is pure (no ComfyUI): parsing with clear errors, the active set at a time,
-and the distinct active sets a sampler can meet between two times (so the guider prepares
-exactly those conditionings once, before sampling).
+and the times that meet every active set a sampler can meet between two times (so the guider
+prepares exactly those conditionings once, before sampling).
 """
 
 from __future__ import annotations
@@ -98,27 +98,15 @@ def active_mask(ranges: Sequence[ReferenceRange], reference_count: int, t: float
     return tuple(index >= len(ranges) or ranges[index].active(t) for index in range(reference_count))
 
 
-def masks_between(
-    ranges: Sequence[ReferenceRange], reference_count: int, t_high: float, t_low: float, cuts: Iterable[float] = ()
-) -> list[tuple[bool, ...]]:
-    """Every distinct active mask for times in ``[t_low, t_high]``, in order of decreasing time.
-
-    Masks only change at range bounds, so probing each bound inside the interval, the midpoints
-    between consecutive probes and both ends finds them all. ``cuts`` adds more change points
-    (e.g. the stage taus) so that callers can pair masks with stages.
-    """
-    masks: list[tuple[bool, ...]] = []
-    for t in probe_times(ranges, t_high, t_low, cuts):
-        mask = active_mask(ranges, reference_count, t)
-        if mask not in masks:
-            masks.append(mask)
-    return masks
-
-
 def probe_times(
     ranges: Sequence[ReferenceRange], t_high: float, t_low: float, cuts: Iterable[float] = ()
 ) -> list[float]:
-    """Times that hit every piece of ``[t_low, t_high]`` cut at the range bounds and ``cuts`` (decreasing)."""
+    """Times that hit every piece of ``[t_low, t_high]`` cut at the range bounds and ``cuts`` (decreasing).
+
+    Active sets only change at range bounds, so each bound inside the interval, the midpoints between
+    consecutive bounds and both ends meet every active set (and, with the stage taus as ``cuts``, every
+    (stage, active set) pair) a sampler can meet there.
+    """
     t_high, t_low = max(t_high, t_low), min(t_high, t_low)
     bounds = {t_high, t_low}
     for value in [*(r.high for r in ranges), *(r.low for r in ranges), *cuts]:
