@@ -1,0 +1,126 @@
+// Opens ComfyUI's template browser in the real front end, the way a person does, finds the pack's
+// category, and opens one of its workflows from its card. Driven by test_templates.py.
+//
+// usage: node check_templates.js <server-url> <screenshot.png> <pack folder> <workflow to open>
+// prints one JSON object:
+//   frontend_version   window.__COMFYUI_FRONTEND_VERSION__
+//   categories         the pack's entry in the browser's side list was found and clicked (true/false)
+//   cards              workflow names shown as cards in the pack's category, in page order
+//   thumbnails         {name: {status, type, bytes}} for every thumbnail the page fetched from the pack
+//   images             {name: [naturalWidth, naturalHeight]} of the picture on each card
+//   opened             {nodes: [type, ...] sorted, count, dialog_open} after clicking the card
+//
+// Both tested front ends (1.27.10 on ComfyUI 0.3.64, 1.49.6 on ComfyUI 0.33.0) list a pack's
+// example_workflows/*.json under its folder name ("Custom Nodes" / "EXTENSIONS" in the side list) and
+// show /api/workflow_templates/<pack folder>/<name>.jpg as the card's picture.
+
+const { chromium } = require('playwright-core');
+
+const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
+];
+
+async function main() {
+  const [url, screenshot, pack, openName] = process.argv.slice(2);
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const prefix = `/api/workflow_templates/${pack}/`;
+  const report = {
+    frontend_version: null, categories: false, cards: [], thumbnails: {}, images: {}, opened: null,
+  };
+  try {
+    const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    page.on('response', async (response) => {
+      const path = decodeURIComponent(new URL(response.url()).pathname);
+      if (!path.startsWith(prefix) || !path.endsWith('.jpg')) return;
+      const headers = response.headers();
+      report.thumbnails[path.slice(prefix.length, -4)] = {
+        status: response.status(), type: headers['content-type'] || '', bytes: Number(headers['content-length'] || 0),
+      };
+    });
+    await page.goto(url, { waitUntil: 'domcontentloaded' });
+    await page.waitForFunction(
+      () => window.app && window.app.graph && window.LiteGraph &&
+        Object.keys(window.LiteGraph.registered_node_types).length > 100,
+      null, { timeout: 90000 });
+    await page.waitForTimeout(1500);
+    report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+    await page.keyboard.press('Escape');
+    // The sidebar's / menu's "Templates" entry runs this command on both front ends.
+    await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'));
+    const dialog = page.locator('[role="dialog"]').last();
+    await dialog.waitFor({ state: 'visible', timeout: 30000 });
+    const entry = dialog.getByText(pack, { exact: true }).first();
+    await entry.waitFor({ state: 'visible', timeout: 30000 });
+    await entry.click();
+    report.categories = true;
+    // The cards: one per workflow, titled by its file name. Wait for all, scrolling so lazy pictures load.
+    const cardTitles = () => page.evaluate(() => {
+      const names = window.__dlaExpected || [];
+      const root = [...document.querySelectorAll('[role="dialog"]')].pop();
+      const texts = [...root.querySelectorAll('*')]
+        .filter((el) => el.children.length === 0 && names.includes(el.textContent.trim()))
+        .map((el) => el.textContent.trim());
+      return [...new Set(texts)];
+    });
+    const expected = await page.evaluate(async (prefixPath) => {
+      const listed = await (await fetch('/api/workflow_templates')).json();
+      const names = Object.entries(listed).filter(([key]) => prefixPath.includes(`/${key}/`)).flatMap(([, v]) => v);
+      window.__dlaExpected = names;
+      return names;
+    }, prefix);
+    for (let i = 0; i < 40 && (await cardTitles()).length < expected.length; i += 1) await page.waitForTimeout(250);
+    report.cards = await cardTitles();
+    // Each card's picture, as decoded by the browser (the front ends show it through a blob: URL).
+    for (const name of report.cards) {
+      await dialog.getByText(name, { exact: true }).first().scrollIntoViewIfNeeded();
+      for (let i = 0; i < 20; i += 1) {
+        const size = await page.evaluate((cardName) => {
+          const root = [...document.querySelectorAll('[role="dialog"]')].pop();
+          const title = [...root.querySelectorAll('*')]
+            .find((el) => el.children.length === 0 && el.textContent.trim() === cardName);
+          let card = title;
+          for (let up = 0; card && up < 8 && !card.querySelector('img'); up += 1) card = card.parentElement;
+          const img = card && card.querySelector('img');
+          return img && img.complete && img.naturalWidth ? [img.naturalWidth, img.naturalHeight] : null;
+        }, name);
+        if (size) { report.images[name] = size; break; }
+        await page.waitForTimeout(250);
+      }
+    }
+    await dialog.getByText(report.cards[0], { exact: true }).first().scrollIntoViewIfNeeded();
+    // The picture for the README / the test artifacts: wait until the cards in view show their pictures.
+    await page.waitForFunction(() => {
+      const root = [...document.querySelectorAll('[role="dialog"]')].pop();
+      const box = root.getBoundingClientRect();
+      const inView = [...root.querySelectorAll('img')].filter((img) => {
+        const r = img.getBoundingClientRect();
+        return r.height > 0 && r.top >= box.top && r.bottom <= box.bottom;
+      });
+      return inView.length > 0 && inView.every((img) => img.complete && img.naturalWidth > 0);
+    }, null, { timeout: 10000 }).catch(() => {});
+    await page.waitForTimeout(1000);
+    await page.screenshot({ path: screenshot });
+    // Open one workflow from its card: the front end fetches <name>.json from the pack and loads it.
+    const card = dialog.getByText(openName, { exact: true }).first();
+    await card.scrollIntoViewIfNeeded();
+    await card.click();
+    await page.waitForFunction(
+      () => window.app.graph._nodes.some((node) => String(node.type).startsWith('DLA')), null, { timeout: 30000 });
+    await page.waitForTimeout(1000);
+    report.opened = await page.evaluate(() => ({
+      nodes: window.app.graph._nodes.map((node) => node.type).sort(),
+      count: window.app.graph._nodes.length,
+      dialog_open: [...document.querySelectorAll('[role="dialog"]')].some((el) => el.offsetParent !== null),
+    }));
+  } finally {
+    await browser.close();
+  }
+  process.stdout.write(JSON.stringify(report));
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error.stack || error}\n`);
+  process.exit(1);
+});
