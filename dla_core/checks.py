@@ -22,6 +22,13 @@ REFERENCES_ENV = "DLA_MAX_REFERENCES"
 DEFAULT_MAX_REFERENCES = 16  # reference images per prompt (each costs hundreds of MLLM tokens)
 BATCH_ENV = "DLA_MAX_BATCH"
 DEFAULT_MAX_BATCH = 16  # prompts encoded together in one MLLM forward
+REFERENCE_PIXELS_ENV = "DLA_MAX_REFERENCE_PIXELS"
+# Pixels of one raw reference image (width x height) before the pack scales it: 8192 x 8192 = 64 Mi. The pack
+# never uses more than 16 megapixels of a reference (VAE identity 'megapixels' <= 16, MLLM image_size <= 4096), so
+# a larger image only costs memory (a ComfyUI IMAGE is 12 bytes a pixel: 768 MB at this limit, plus the copies the
+# checks and conversions make). The limit lets full-resolution phone photos (48-50 MP, 8000 x 6000 and up) through
+# and stays under Pillow's own decompression-bomb warning (89.5 MP); scans, panoramas and mistakes are refused.
+DEFAULT_MAX_REFERENCE_PIXELS = 8192 * 8192
 
 
 def env_limit(env: str, default: int) -> int:
@@ -48,6 +55,43 @@ def max_references() -> int:
 
 def max_batch() -> int:
     return env_limit(BATCH_ENV, DEFAULT_MAX_BATCH)
+
+
+def max_reference_pixels() -> int:
+    return env_limit(REFERENCE_PIXELS_ENV, DEFAULT_MAX_REFERENCE_PIXELS)
+
+
+def check_prompt_tokens(count: int, what: str = "The prompt") -> None:
+    """Raise unless a prompt of ``count`` tokens (the instruction's own, no template or padding) is within the limit.
+
+    The limit is read first, so a bad ``DLA_MAX_PROMPT_TOKENS`` is reported even for a short prompt.
+    """
+    limit = max_prompt_tokens()
+    if count > limit:
+        raise DLAInputError(
+            f"{what} is {count} tokens long, more than the limit of {limit} tokens. Shorten the "
+            f"instruction (a sentence or two is what the DLA was trained on). To allow longer prompts, set the "
+            f"environment variable {PROMPT_TOKENS_ENV} (e.g. {PROMPT_TOKENS_ENV}={max(count, 2 * limit)}) before "
+            "starting ComfyUI or the command."
+        )
+
+
+def check_image_pixels(where: str, width: int, height: int) -> None:
+    """Raise unless a raw reference image of ``width`` x ``height`` pixels is within ``DLA_MAX_REFERENCE_PIXELS``.
+
+    ``where`` names the input (e.g. "reference image 2"); called before the image is converted or scaled.
+    """
+    limit = max_reference_pixels()
+    pixels = int(width) * int(height)
+    if pixels > limit:
+        side = math.isqrt(limit)
+        raise DLAInputError(
+            f"{where} is {width}x{height} px ({pixels / 1e6:.1f} megapixels), more than the limit of {limit} pixels "
+            f"per reference image ({limit / 1e6:.1f} megapixels, e.g. {side}x{side}). Scale it down first (in ComfyUI: "
+            "an 'Upscale Image' (ImageScale) or 'ImageScaleToTotalPixels' node before this one; the pack never uses "
+            f"more than 16 megapixels of a reference anyway). To allow larger images, set the environment variable "
+            f"{REFERENCE_PIXELS_ENV} (e.g. {REFERENCE_PIXELS_ENV}={pixels}) before starting ComfyUI or the command."
+        )
 
 
 def check_count(what: str, count: int, limit: int, env: str, fix: str) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -482,8 +482,13 @@ class DualLayerAggregation(nn.Module):
             shares[kind] = torch.cat(chunks) if chunks else items.new_zeros(0, items.shape[1])
         return shares
 
-    def forward(self, features: MLLMFeatures) -> DLAConditioning:
-        """Aggregate all layers of ``features`` into conditioning tokens + pooled vector."""
+    def forward(self, features: MLLMFeatures, check_interrupt: Callable[[], None] | None = None) -> DLAConditioning:
+        """Aggregate all layers of ``features`` into conditioning tokens + pooled vector.
+
+        ``check_interrupt``: optional, called before each LAP block and each pooling map (see
+        :meth:`~dla_core.lap.LayerwiseAttentionPooling.forward`); whatever it raises stops the forward there.
+        The ComfyUI node passes ComfyUI's interrupt check, so Cancel stops a long aggregation promptly.
+        """
         hidden, text_mask, image_mask = self._content_inputs(features)
         batch, _, tokens, _ = hidden.shape
         counts = text_mask.sum(1) + image_mask.sum(1)  # [batch]
@@ -500,7 +505,7 @@ class DualLayerAggregation(nn.Module):
             if not mask.any():
                 continue
             items = per_token[mask]  # [items, layers, width]
-            values = self.output_proj(lap(items))  # [items, context_width]
+            values = self.output_proj(lap(items, check_interrupt))  # [items, context_width]
             rows = mask.nonzero()[:, 0]
             out[rows, dest[mask]] = values.to(out.dtype)
         token_mask = torch.arange(out_len, device=out.device)[None, :] < counts[:, None]  # [batch, out_len]

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checks import whole
+from .checks import check_image_pixels, whole
 from .errors import DLAInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -159,6 +159,13 @@ def collect_items(
 def _load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
+
+
+def check_reference_sizes(items: list[EvalItem]) -> None:
+    """Every reference image within ``DLA_MAX_REFERENCE_PIXELS`` (headers only), before any model is loaded."""
+    for path in dict.fromkeys(ref for item in items for ref in item.references):
+        with Image.open(path) as image:  # reads the header only
+            check_image_pixels(f"Reference image {path}", *image.size)
 
 
 class Embedder:
@@ -312,6 +319,7 @@ def evaluate(generations, references, dino=None, clip=None, prompts=None, device
         )
     whole("batch_size (--batch-size)", batch_size, 1, 4096, hint="Images embedded together; 16 is a good start.")
     items = collect_items(generations, references, prompts)  # cheap checks before loading models
+    check_reference_sizes(items)
     score_items(items, Embedder(dino, clip, device, batch_size))
     return summarize(items, dino, clip)
 

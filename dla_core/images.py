@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checks import check_image_pixels
 from .errors import DLAInputError
 
 MIN_IMAGE_SIDE = 8  # px; below this no vision encoder sees anything useful
@@ -27,13 +28,15 @@ def _check_side(height: int, width: int, where: str) -> None:
             f"{where} is {width}x{height} px; references need at least {MIN_IMAGE_SIDE} px per side. "
             "Use a larger reference image (the MLLM resizes it itself)."
         )
+    check_image_pixels(where, width, height)  # DLA_MAX_REFERENCE_PIXELS, before any copy or conversion
 
 
 def check_image_tensor(tensor: torch.Tensor, where: str) -> torch.Tensor:
     """The pack's one check of a reference IMAGE tensor; returns it as [batch, height, width, 3] float in 0..1.
 
     ``[height, width, 3]`` gains a batch dimension. Raises :class:`DLAInputError` (naming ``where``) for
-    wrong shapes, empty batches, grayscale, alpha, sides under :data:`MIN_IMAGE_SIDE`, integer dtypes,
+    wrong shapes, empty batches, grayscale, alpha, sides under :data:`MIN_IMAGE_SIDE`, more pixels than
+    ``DLA_MAX_REFERENCE_PIXELS`` (:func:`~dla_core.checks.check_image_pixels`), integer dtypes,
     NaN/inf and values outside 0..1 (beyond a small resampling slack).
     """
     if tensor.ndim == 3:

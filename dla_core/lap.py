@@ -30,6 +30,8 @@ uses (:meth:`LayerwiseAttentionPooling.init_identity`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -203,13 +205,15 @@ class LayerwiseAttentionPooling(nn.Module):
             self.layer_weights[positions[0]] = 1.0
             self.pool_fc.weight.copy_(eye)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, check_interrupt: Callable[[], None] | None = None) -> torch.Tensor:
+        """``check_interrupt``: optional, called before each block and before the pooling map; whatever it raises
+        stops the forward there (the nodes pass ComfyUI's interrupt check; ``dla_core`` never imports ComfyUI)."""
         if hidden_states.dim() == 4:
             batch, layers, tokens, width = hidden_states.shape
             items = hidden_states.permute(0, 2, 1, 3).reshape(batch * tokens, layers, width)
-            return self._forward_items(items).view(batch, tokens, self.out_width)
+            return self._forward_items(items, check_interrupt).view(batch, tokens, self.out_width)
         if hidden_states.dim() == 3:
-            return self._forward_items(hidden_states)
+            return self._forward_items(hidden_states, check_interrupt)
         raise DLAInputError(
             "LAP expects hidden states [batch, layers, tokens, width] or [items, layers, width], got shape "
             f"{tuple(hidden_states.shape)}."
@@ -278,11 +282,15 @@ class LayerwiseAttentionPooling(nn.Module):
         shares = torch.einsum("nl,nlk->nk", _normalise(readout, dim=-1), rollout)
         return shares, output
 
-    def _forward_items(self, items: torch.Tensor) -> torch.Tensor:
+    def _forward_items(self, items: torch.Tensor, check_interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         self._check_items(items)
         x = self._embed(items)
         for block in self.blocks:
+            if check_interrupt is not None:
+                check_interrupt()
             x = block(x)
+        if check_interrupt is not None:
+            check_interrupt()
         if self.pool == "flatten":
             return self.pool_fc(x.reshape(x.shape[0], -1))  # [items, out_width]
         pooled = torch.einsum("nlw,l->nw", x, self.layer_weights.to(x.dtype))  # [items, lap_width]

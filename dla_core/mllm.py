@@ -33,11 +33,10 @@ from torch import nn
 
 from .checks import (
     BATCH_ENV,
-    PROMPT_TOKENS_ENV,
     REFERENCES_ENV,
     check_count,
+    check_prompt_tokens,
     max_batch,
-    max_prompt_tokens,
     max_references,
 )
 from .dtypes import DTYPES, TORCH_DTYPE_NAMES
@@ -440,15 +439,7 @@ def _check_prompt_tokens(processor, prompt: str, index: int) -> None:
             f"Prompt {index + 1} contains the model's special token(s) {', '.join(found)}. Remove them: the "
             "references are inserted automatically."
         )
-    count = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    limit = max_prompt_tokens()
-    if count > limit:
-        raise DLAInputError(
-            f"Prompt {index + 1} is {count} tokens long, more than the limit of {limit} tokens. Shorten the "
-            f"instruction (a sentence or two is what the DLA was trained on). To allow longer prompts, set the "
-            f"environment variable {PROMPT_TOKENS_ENV} (e.g. {PROMPT_TOKENS_ENV}={max(count, 2 * limit)}) before "
-            "starting ComfyUI or the command."
-        )
+    check_prompt_tokens(len(tokenizer(prompt, add_special_tokens=False)["input_ids"]), f"Prompt {index + 1}")
 
 
 def _text_token_mask(

@@ -36,7 +36,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .checkpoint import load_dla
-from .checks import finite
+from .checks import check_image_pixels, finite
 from .dtypes import DTYPES
 from .errors import DLAInputError
 from .flux.checkpoint import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
@@ -80,11 +80,16 @@ def load_reference_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise DLAInputError(f"Reference image not found: {path}. Give the path of an RGB image file.")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        image = Image.open(path)  # reads the header only
     except Exception as exc:  # PIL raises many kinds
         raise DLAInputError(f"Cannot read reference image {path}: {exc}. Use a PNG/JPEG/WebP RGB image.") from None
+    with image:
+        check_image_pixels(f"Reference image {path}", *image.size)  # before decoding the pixels
+        try:
+            image.load()
+            return image.copy()
+        except Exception as exc:  # PIL raises many kinds
+            raise DLAInputError(f"Cannot read reference image {path}: {exc}. Use a PNG/JPEG/WebP RGB image.") from None
 
 
 def _pil_to_vae_input(image: Image.Image, width: int, height: int) -> torch.Tensor:

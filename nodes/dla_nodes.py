@@ -81,7 +81,7 @@ def aggregate_to_conditioning(handle: DLAHandle, features: MLLMFeatures, guidanc
     load_whole(handle.patcher)
     check_interrupt()  # loading a large DLA onto the GPU takes a while
     with torch.inference_mode():
-        output = module(features)
+        output = module(features, check_interrupt=check_interrupt)  # Cancel stops it between LAP blocks
         null = module.null_conditioning(features.batch_size)
     tokens = _to_conditioning_tensor(strip_padding(output.tokens, output.token_mask))
     null_tokens = _to_conditioning_tensor(strip_padding(null.tokens, null.token_mask))

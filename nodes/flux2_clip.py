@@ -36,7 +36,8 @@ from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
 from .compat import FLUX2_MIN_COMFYUI, KLEIN_MIN_COMFYUI, comfyui_version
 from .input_checks import checked_widgets
-from .qwen_clip import snapshot
+from .progress import check_interrupt, interrupt_between
+from .qwen_clip import check_clip_prompt, snapshot
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
 
@@ -148,10 +149,10 @@ def capture_hidden_states(modules: dict):
 def encode_flux2_layers(clip, prompt: str) -> tuple[list, MLLMFeatures]:
     """One forward of ComfyUI's FLUX.2 text encoder -> (native conditioning, every layer's hidden states)."""
     modules = comfy_flux2_modules(clip)
-    if not isinstance(prompt, str):
-        raise DLAInputError("The prompt must be text.")
+    check_clip_prompt(clip, prompt)  # DLA_MAX_PROMPT_TOKENS (the prompt's own tokens, not the padding to 512)
     tokens = clip.tokenize(prompt)
-    with capture_hidden_states(modules) as records:
+    check_interrupt()
+    with capture_hidden_states(modules) as records, interrupt_between(modules["layers"]):  # Cancel: next layer
         conditioning = clip.encode_from_tokens_scheduled(tokens)
     if len(records) != 1:
         raise DLAInputError(

@@ -3,6 +3,8 @@
 * :func:`node_progress` gives a ``progress(done, total)`` callback for ``dla_core`` work: it first checks
   ComfyUI's interrupt (Cancel stops the work there, with ComfyUI's own ``InterruptProcessingException``),
   then moves ``comfy.utils.ProgressBar`` of the executing node.
+* :func:`interrupt_between` checks ComfyUI's interrupt before each of some modules runs (forward pre-hooks on
+  the decoder layers of ComfyUI's own text encoders, whose forward the pack does not drive itself).
 * :func:`show_text` puts a line of text on the executing node (``PromptServer.send_progress_text``, ComfyUI
   0.3.64 onwards). Progress text is a nicety: where this ComfyUI (or a test harness) has no server or no such
   method, nothing is shown and nothing fails.
@@ -10,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterable
 
 import comfy.model_management
 import comfy.utils
@@ -57,6 +61,21 @@ def show_text(text: str, node_id: str | None = None) -> bool:
 def check_interrupt() -> None:
     """Raise ComfyUI's ``InterruptProcessingException`` if the person pressed Cancel."""
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+@contextlib.contextmanager
+def interrupt_between(modules: Iterable):
+    """Inside the block, every forward of each of ``modules`` (torch modules) first checks ComfyUI's interrupt.
+
+    Cancel then stops e.g. a text encoder's forward at the next decoder layer with ComfyUI's own
+    ``InterruptProcessingException``. The hooks are removed on leaving the block, also after an exception.
+    """
+    handles = [module.register_forward_pre_hook(lambda _module, _args: check_interrupt()) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def node_progress():

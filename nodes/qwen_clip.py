@@ -23,11 +23,13 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..dla_core.checks import check_prompt_tokens
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.images import reference_frames
 from ..dla_core.qwen_template import EDIT_TEMPLATE, NATIVE_MLLM_SIDE, edit_user_text, parse_resolution_list, scaled_size
 from .input_checks import checked_widgets
+from .progress import check_interrupt, interrupt_between
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
 
@@ -75,6 +77,26 @@ def comfy_qwen_modules(clip) -> dict:
             "(cond_stage_model.qwen25_7b.transformer.model.layers / .norm). Update the DLA pack."
         )
     return {"transformer": transformer, "layers": layers, "norm": norm, "visual": getattr(transformer, "visual", None)}
+
+
+def prompt_token_count(clip, prompt: str) -> int:
+    """How many tokens ``prompt`` itself is in ``clip``'s tokenizer: no chat template, start token or padding.
+
+    ComfyUI's tokenizers pad (FLUX.2 [klein]'s to at least 512 tokens) and wrap the text in a chat template. The
+    public ``clip.tokenize`` takes ``llama_template="{}"`` (the template reduced to the text itself) and, with
+    ``return_word_ids=True``, gives each token ``(token, weight, word id)`` with word id 0 for padding and
+    start/end tokens. Used by the Qwen2.5-VL and FLUX.2 text-encode nodes for ``DLA_MAX_PROMPT_TOKENS``; pinned
+    by tests/integration/test_text_encoder_limits.py::test_prompt_token_count_is_the_tokenizers_own_count.
+    """
+    tokens = clip.tokenize(prompt, llama_template="{}", return_word_ids=True)
+    return sum(1 for batches in tokens.values() for batch in batches for entry in batch if entry[2] != 0)
+
+
+def check_clip_prompt(clip, prompt) -> None:
+    """The prompt is text within ``DLA_MAX_PROMPT_TOKENS`` tokens (its own, template and padding not counted)."""
+    if not isinstance(prompt, str):
+        raise DLAInputError("The prompt must be text.")
+    check_prompt_tokens(prompt_token_count(clip, prompt))
 
 
 def layer_hidden(output) -> torch.Tensor:
@@ -186,9 +208,8 @@ def encode_qwen_joint(
 ) -> tuple[list, MLLMFeatures]:
     """One Qwen2.5-VL forward over Qwen-Image-Edit's template -> (native conditioning, all-layer features)."""
     modules = comfy_qwen_modules(clip)
-    if not isinstance(prompt, str):
-        raise DLAInputError("The prompt must be text.")
-    refs = reference_frames(images)
+    check_clip_prompt(clip, prompt)  # DLA_MAX_PROMPT_TOKENS, before anything heavy
+    refs = reference_frames(images)  # DLA_MAX_REFERENCE_PIXELS, RGB, size
     if refs:
         check_vision_tower(modules)
     elif not prompt.strip():
@@ -200,7 +221,8 @@ def encode_qwen_joint(
         images_vl.append(resize_area(ref, width, height))
 
     tokens = clip.tokenize(edit_user_text(prompt, len(refs)), images=images_vl, llama_template=EDIT_TEMPLATE)
-    with capture_all_layers(modules) as records:
+    check_interrupt()
+    with capture_all_layers(modules) as records, interrupt_between(modules["layers"]):  # Cancel: next layer
         conditioning = clip.encode_from_tokens_scheduled(tokens)
     if not records:
         raise DLAInputError("ComfyUI's Qwen2.5-VL ran no forward pass the pack could read; update the DLA pack.")

@@ -284,3 +284,87 @@ def test_cancel_while_the_mllm_runs_stops_it_at_the_next_layer(comfy, then_next_
     assert ran == []
     assert not model_management.processing_interrupted()
     then_next_prompt_runs()
+
+
+def test_cancel_while_the_dla_runs_stops_it_at_the_next_lap_block(comfy, then_next_prompt_runs):
+    """Cancel pressed while the DLA's first LAP block runs: the aggregation stops before the next block, with
+    ComfyUI's interrupt (execution_interrupted, not an error), and the next prompt runs."""
+    import importlib
+
+    model_management = importlib.import_module("comfy.model_management")
+    graph = Graph()
+    nodes = add_dla_pipeline(graph, prompt_text="warm the DLA loader")
+    graph.add("PreviewAny", source=graph.out(nodes.positive))
+    assert comfy.run(graph.prompt).success
+    dla = comfy.output(nodes.dla).module  # the cached DLA the next run uses
+    blocks = [*dla.lap_text.blocks, *dla.lap_image.blocks]
+    assert len(blocks) >= 4
+    ran = []
+
+    def after_block(*_):
+        ran.append(1)
+        if len(ran) == 1:
+            model_management.interrupt_current_processing(True)
+
+    handles = [block.register_forward_hook(after_block) for block in blocks]
+    try:
+        graph.prompt[nodes.features]["inputs"]["prompt"] = "cancelled while aggregating"
+        result = comfy.run(graph.prompt)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model_management.interrupt_current_processing(False)
+    assert result.valid and not result.success
+    events = [event for event, _ in result.messages]
+    assert "execution_interrupted" in events and "execution_error" not in events
+    interrupted = next(data for event, data in result.messages if event == "execution_interrupted")
+    assert interrupted["node_id"] == nodes.positive
+    assert len(ran) == 1  # the remaining LAP blocks never ran
+    then_next_prompt_runs()
+
+
+# ----------------------------------------------------------------------------- raw reference image size
+
+
+@pytest.mark.parametrize(
+    "class_type, input_id, named",
+    [
+        ("DLAMLLMJointEncode", "image_2", "reference image input 2"),
+        ("DLAVAEIdentityEncode", "image_2", "reference image input 2"),
+        ("DLAReferenceLatents", "image2", "reference image 2"),
+    ],
+)
+def test_a_reference_over_the_pixel_limit_is_refused_by_every_image_node(
+    comfy, then_next_prompt_runs, monkeypatch, class_type, input_id, named
+):
+    """The 64x64 test reference is exactly at the limit set here; its 80x64 copy in a second input is refused, by
+    the node that has it, with the input, the size and both fixes; nothing downstream runs."""
+    monkeypatch.setenv("DLA_MAX_REFERENCE_PIXELS", str(64 * 64))
+    graph = Graph()
+    nodes = add_dla_pipeline(graph, prompt_text=f"a bigger second reference for {class_type}")
+    big = graph.add(
+        "ImageScale", image=graph.out(nodes.image), upscale_method="area", width=80, height=64, crop="disabled"
+    )
+    if class_type == "DLAReferenceLatents":
+        node_id = graph.add(
+            class_type,
+            conditioning=graph.out(nodes.positive),
+            vae=graph.out(nodes.vae),
+            vae_resolution=64,
+            reference_latents_method="offset",
+            image1=graph.out(nodes.image),
+        )
+    else:
+        node_id = _node(graph, class_type)
+    graph.prompt[node_id]["inputs"][input_id] = graph.out(big)
+    graph.add("PreviewAny", source=graph.out(node_id))
+    result = comfy.run(graph.prompt)
+    assert result.valid and not result.success, result.error_text
+    assert result.execution_error["node_id"] == node_id
+    message = result.execution_error["exception_message"]
+    assert message.startswith(
+        f"{named} is 80x64 px (0.0 megapixels), more than the limit of 4096 pixels per reference image"
+    ), message
+    assert "'Upscale Image' (ImageScale)" in message and "DLA_MAX_REFERENCE_PIXELS=5120" in message
+    monkeypatch.delenv("DLA_MAX_REFERENCE_PIXELS")
+    then_next_prompt_runs()
