@@ -1,14 +1,14 @@
 // Opens ComfyUI's template browser in the real front end, the way a person does, finds the pack's
-// category, and opens one of its workflows from its card. Driven by test_templates.py.
+// category, and opens each of its workflows from its card. Driven by test_templates.py.
 //
-// usage: node check_templates.js <server-url> <screenshot.png> <pack folder> <workflow to open>
+// usage: node check_templates.js <server-url> <screenshot.png> <pack folder>
 // prints one JSON object:
 //   frontend_version   window.__COMFYUI_FRONTEND_VERSION__
 //   categories         the pack's entry in the browser's side list was found and clicked (true/false)
 //   cards              workflow names shown as cards in the pack's category, in page order
 //   thumbnails         {name: {status, type, bytes}} for every thumbnail the page fetched from the pack
 //   images             {name: [naturalWidth, naturalHeight]} of the picture on each card
-//   opened             {nodes: [type, ...] sorted, count, dialog_open} after clicking the card
+//   opened             {name: {nodes: [type, ...] sorted, template_dialog_open}} after clicking its card
 //
 // Both tested front ends (1.27.10 on ComfyUI 0.3.64, 1.49.6 on ComfyUI 0.33.0) list a pack's
 // example_workflows/*.json under its folder name ("Custom Nodes" / "EXTENSIONS" in the side list) and
@@ -23,7 +23,7 @@ const CHROMIUM_ARGS = [
 ];
 
 async function main() {
-  const [url, screenshot, pack, openName] = process.argv.slice(2);
+  const [url, screenshot, pack] = process.argv.slice(2);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   const prefix = `/api/workflow_templates/${pack}/`;
   const report = {
@@ -102,18 +102,30 @@ async function main() {
     }, null, { timeout: 10000 }).catch(() => {});
     await page.waitForTimeout(1000);
     await page.screenshot({ path: screenshot });
-    // Open one workflow from its card: the front end fetches <name>.json from the pack and loads it.
-    const card = dialog.getByText(openName, { exact: true }).first();
-    await card.scrollIntoViewIfNeeded();
-    await card.click();
-    await page.waitForFunction(
-      () => window.app.graph._nodes.some((node) => String(node.type).startsWith('DLA')), null, { timeout: 30000 });
-    await page.waitForTimeout(1000);
-    report.opened = await page.evaluate(() => ({
-      nodes: window.app.graph._nodes.map((node) => node.type).sort(),
-      count: window.app.graph._nodes.length,
-      dialog_open: [...document.querySelectorAll('[role="dialog"]')].some((el) => el.offsetParent !== null),
-    }));
+    // Open every workflow from its card, as a person does: the front end fetches <name>.json from the
+    // pack and loads it (1.49.6 in a new tab). The template browser is opened afresh for each.
+    report.opened = {};
+    for (const name of report.cards) {
+      if (Object.keys(report.opened).length > 0) {
+        await page.keyboard.press('Escape');  // e.g. 0.3.64's missing-nodes dialog for the FLUX.2 ones
+        await page.waitForTimeout(300);
+        await page.evaluate(() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates'));
+        const again = page.locator('[role="dialog"]').last();
+        await again.waitFor({ state: 'visible', timeout: 30000 });
+        await again.getByText(pack, { exact: true }).first().click();
+      }
+      await page.evaluate(() => window.app.graph.clear());
+      const card = page.locator('[role="dialog"]').last().getByText(name, { exact: true }).first();
+      await card.scrollIntoViewIfNeeded();
+      await card.click();
+      await page.waitForFunction(() => window.app.graph._nodes.length > 0, null, { timeout: 30000 });
+      await page.waitForTimeout(1000);
+      report.opened[name] = await page.evaluate((packName) => ({
+        nodes: window.app.graph._nodes.map((node) => node.type).sort(),
+        template_dialog_open: [...document.querySelectorAll('[role="dialog"]')]
+          .some((el) => el.offsetParent !== null && el.innerText.includes(packName)),
+      }), pack);
+    }
   } finally {
     await browser.close();
   }
