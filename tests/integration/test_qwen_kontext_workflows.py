@@ -1,6 +1,6 @@
 """The shipped Qwen-Image-Edit-2509 and FLUX Kontext workflows run on tiny models in a real ComfyUI.
 
-Each ``workflows/api/<name>.json`` is queued through ComfyUI's own executor (the in-process
+Each ``example_workflows/api/<name>.json`` is queued through ComfyUI's own executor (the in-process
 harness, tests/lib/dla_harness) with the files it names present under those names in a test models
 folder: a tiny Qwen-Image DiT, a one-layer Qwen2.5-VL text encoder 3584 wide (the DiT's fixed text
 slot; ~1.2B parameters with ComfyUI's full-size vision tower) and Qwen (Wan 2.1) VAE; for Kontext the
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = Path(
-    os.environ.get("DLA_WORKFLOWS_DIR", REPO_ROOT / "workflows")
+    os.environ.get("DLA_WORKFLOWS_DIR", REPO_ROOT / "example_workflows")
 )  # override: check graphs before they land
 SUPPORT_NODES = Path(__file__).resolve().parent / "support" / "dla_test_tiny_loaders"
 QWEN_WORKFLOWS = ("qwen_image_edit_2509_staged", "qwen_image_edit_2509_compare")
@@ -63,7 +63,7 @@ SUBSTITUTE_LOADERS = {"CLIPLoader": "DLATestTinyCLIPLoader", "DualCLIPLoader": "
 def load_api(name: str) -> dict:
     path = WORKFLOWS_DIR / "api" / f"{name}.json"
     if not path.is_file():
-        pytest.fail(f"{path} is missing: the Qwen-Image-Edit / Kontext workflows ship in workflows/")
+        pytest.fail(f"{path} is missing: the Qwen-Image-Edit / Kontext workflows ship in example_workflows/")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -1,6 +1,6 @@
 """The FLUX.2 [dev] / [klein] and Qwen-Image-Edit-2511 workflows, end to end over HTTP on tiny models.
 
-Each shipped ``workflows/api/<name>.json`` is POSTed to a real ComfyUI server (``main.py --cpu``) whose
+Each shipped ``example_workflows/api/<name>.json`` is POSTed to a real ComfyUI server (``main.py --cpu``) whose
 models folder holds tiny random files under the users' file names: tiny FLUX.2 DiTs (text width 15360 =
 3 x Mistral-3 for [dev], 7680 = 3 x Qwen3-4B for [klein]; tests/integration/tiny_flux2.py), tiny FLUX.2
 text encoders and VAE (tests/lib/dla_tiny), a tiny Qwen-Image-Edit-2511 DiT (``__index_timestep_zero__``),
