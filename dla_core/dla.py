@@ -464,13 +464,16 @@ class DualLayerAggregation(nn.Module):
         return hidden, text_mask, image_mask
 
     @torch.no_grad()
-    def layer_attention(self, features: MLLMFeatures) -> dict[str, torch.Tensor]:
+    def layer_attention(
+        self, features: MLLMFeatures, check_interrupt: Callable[[], None] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per content token, how much of its LAP output comes from each MLLM layer the DLA reads.
 
         ``{"text": [text tokens, layers read], "image": [image tokens, layers read]}``: one row per valid
         token of that kind over the whole batch (padding and chat-template tokens are never read, as in
         :meth:`forward`), each row summing to 1; columns follow ``config.used_layers``. See
         :meth:`~dla_core.lap.LayerwiseAttentionPooling.layer_attention` for what a share is.
+        ``check_interrupt``: optional, called before each LAP block of each chunk of tokens (as in :meth:`forward`).
         """
         hidden, text_mask, image_mask = self._content_inputs(features)
         per_token = hidden.permute(0, 2, 1, 3)  # [batch, tokens, layers, width]
@@ -478,7 +481,7 @@ class DualLayerAggregation(nn.Module):
         for kind, mask, lap in (("text", text_mask, self.lap_text), ("image", image_mask, self.lap_image)):
             items = per_token[mask]  # [tokens of this kind, layers, width]
             # In chunks: the read-out holds [items, layers, out_width], 0.8 GB for 2000 tokens at 29 x 3584.
-            chunks = [lap.layer_attention(chunk)[0] for chunk in items.split(LAYER_ATTENTION_CHUNK)]
+            chunks = [lap.layer_attention(chunk, check_interrupt)[0] for chunk in items.split(LAYER_ATTENTION_CHUNK)]
             shares[kind] = torch.cat(chunks) if chunks else items.new_zeros(0, items.shape[1])
         return shares
 

@@ -252,7 +252,9 @@ class LayerwiseAttentionPooling(nn.Module):
                 per_layer = self.layer_weights.float().abs()
             return _normalise(per_layer, dim=0)
 
-    def layer_attention(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_attention(
+        self, items: torch.Tensor, check_interrupt: Callable[[], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """How much of each item's output comes from each input layer; ``(shares, output)``.
 
         ``items``: ``[items, layers, input_width]`` (tokens already gathered). ``shares``: ``[items,
@@ -262,12 +264,15 @@ class LayerwiseAttentionPooling(nn.Module):
         :meth:`LayerAttentionBlock.forward_with_mixing`, multiplied in order) and read out by the pooling
         map: slot ``l``'s share is the norm of its term in the pooled output (``flatten``: ``W_l z_l``;
         ``weighted``: ``w_l * W z_l``) over the sum of those norms. An identity-initialised LAP puts all
-        of it on its selected layer(s). Does not change the module.
+        of it on its selected layer(s). Does not change the module. ``check_interrupt``: optional, called
+        before each block (as in :meth:`forward`).
         """
         self._check_items(items)
         x = self._embed(items)
         rollout = torch.eye(self.num_layers, dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1)
         for block in self.blocks:
+            if check_interrupt is not None:
+                check_interrupt()
             x, mixing = block.forward_with_mixing(x)
             rollout = mixing @ rollout  # [items, layers, layers]: final position <- input layer
         if self.pool == "flatten":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -78,13 +78,19 @@ def depth_third(layer: int, num_layers: int) -> int:
     return min(2, 3 * layer // max(num_layers, 1))
 
 
-def layer_attention(dla: DualLayerAggregation, features: MLLMFeatures, title: str = "") -> LayerMap:
+def layer_attention(
+    dla: DualLayerAggregation,
+    features: MLLMFeatures,
+    title: str = "",
+    check_interrupt: Callable[[], None] | None = None,
+) -> LayerMap:
     """Average each kind's per-token layer shares over one encoding (valid tokens only).
 
     Padding and chat-template tokens are never read; a kind with no token gets ``None``. Features of
     another MLLM than the DLA's raise :class:`~dla_core.errors.DLACheckpointError` (as the DLA does).
+    ``check_interrupt``: optional, called before each LAP block; whatever it raises stops the map.
     """
-    per_token = dla.layer_attention(features)
+    per_token = dla.layer_attention(features, check_interrupt)
     shares = {kind: (rows.float().mean(dim=0).cpu() if rows.shape[0] else None) for kind, rows in per_token.items()}
     if all(value is None for value in shares.values()):
         raise DLAInputError("The MLLM features hold no text and no image tokens: there is nothing to map.")

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.layer_map import MIN_PLOT_SIDE, layer_attention, plot_layer_map, summarize
 from .managed_models import load_whole
+from .progress import check_interrupt
 from .types import CATEGORY, DLA, MLLM_FEATURES, DLAHandle, expect
 
 
@@ -15,9 +16,10 @@ def draw_layer_map(handle: DLAHandle, features: MLLMFeatures, width: int, height
     """The DLA's layer map over ``features``: ``(IMAGE [1, height, width, 3] float 0..1, summary text)``."""
     module = handle.module
     module.check_compatible(features)  # before any weight moves, as in aggregate_to_conditioning
+    check_interrupt()
     load_whole(handle.patcher)
-    with torch.inference_mode():
-        layer_map = layer_attention(module, features, title=handle.file_name)
+    with torch.inference_mode():  # Cancel stops it between LAP blocks
+        layer_map = layer_attention(module, features, title=handle.file_name, check_interrupt=check_interrupt)
     pixels = plot_layer_map(layer_map, width, height)  # [height, width, 3] uint8
     image = torch.from_numpy(pixels).to(dtype=torch.float32).div(255.0)[None]
     return image, summarize(layer_map)

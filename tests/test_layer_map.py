@@ -363,3 +363,30 @@ def test_inspect_plot_to_a_non_png_name_is_refused(tmp_path, capsys):
     assert main(["inspect", str(checkpoint), "--plot", str(tmp_path / "map.jpg")]) == 2
     assert "ending in .png" in capsys.readouterr().err
     assert not (tmp_path / "map.jpg").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_map_calls_check_interrupt_before_each_lap_block_and_stops_where_it_raises():
+    """Cancel in the Layer Map node: the hook runs before every LAP block of every chunk of tokens, and what it
+    raises stops the map there."""
+    dla = make_dla()
+    features = make_features(layout=["c" + "t" * 600 + "i" * 5 + "c"])  # text: 3 chunks of <= 256; image: 1
+    blocks_per_chunk = len(dla.lap_text.blocks)
+    assert blocks_per_chunk >= 1 and len(dla.lap_image.blocks) == blocks_per_chunk
+    calls = []
+    layer_attention(dla, features, check_interrupt=lambda: calls.append(1))
+    assert len(calls) == 4 * blocks_per_chunk
+
+    seen = []
+
+    def stop_on_second():
+        seen.append(1)
+        if len(seen) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        layer_attention(dla, features, check_interrupt=stop_on_second)
+    assert len(seen) == 2

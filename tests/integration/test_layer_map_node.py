@@ -63,3 +63,40 @@ def test_layer_map_with_a_dla_for_another_mllm_is_one_node_error_then_a_good_pro
     again = comfy.run(good.prompt)
     assert again.success, again.error_text
     assert comfy.output(good_map, 0).shape == (1, 240, 320, 3)
+
+
+def test_cancel_while_the_layer_map_runs_stops_it_at_the_next_lap_block(comfy, tiny_names):
+    """Cancel pressed while the map's first LAP block runs: the node stops before the next block with ComfyUI's
+    interrupt (execution_interrupted, not an error), and the next prompt runs."""
+    import importlib
+
+    model_management = importlib.import_module("comfy.model_management")
+    graph = Graph()
+    nodes, layer_map = add_layer_map(graph, prompt_text="warm the DLA loader")
+    assert comfy.run(graph.prompt).success
+    dla = comfy.output(nodes.dla).module  # the cached DLA the next run uses
+    blocks = [*dla.lap_text.blocks, *dla.lap_image.blocks]
+    assert len(blocks) >= 2
+    ran = []
+
+    def block_started(*_):  # the block's first layer norm: the block is running
+        ran.append(1)
+        if len(ran) == 1:
+            model_management.interrupt_current_processing(True)
+
+    handles = [block.attn_norm.register_forward_hook(block_started) for block in blocks]
+    try:
+        graph.prompt[nodes.features]["inputs"]["prompt"] = "cancelled while mapping"
+        result = comfy.run(graph.prompt)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model_management.interrupt_current_processing(False)
+    assert result.valid and not result.success
+    events = [event for event, _ in result.messages]
+    assert "execution_interrupted" in events and "execution_error" not in events
+    interrupted = next(data for event, data in result.messages if event == "execution_interrupted")
+    assert interrupted["node_id"] == layer_map
+    assert len(ran) == 1  # the remaining LAP blocks never ran
+    graph.prompt[nodes.features]["inputs"]["prompt"] = "a good prompt after the cancel"
+    assert comfy.run(graph.prompt).success
