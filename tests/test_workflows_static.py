@@ -350,3 +350,75 @@ def test_flux2_compare_differs_only_in_staging():
     assert len(refs) == 2 and api[chain[0]]["class_type"] == "FluxGuidance"
     _, staged_guider = _staged_node(api)
     assert staged_guider["inputs"]["positive_stage1"] == chain
+
+
+# -- download links for the front end's missing-models list (issue 11.3) ----------------------------------
+# The model folder of each loader's file widgets. ComfyUI's front end reads a loader node's properties.models
+# ({name, url, directory}; an entry counts only while its name is one of the node's widget values) and, when
+# the server lacks the file, lists it with that folder and a download button (front end 1.27: the "Missing
+# Models" dialog, which offers downloads only from huggingface.co / civitai.com and of .safetensors / .sft
+# files; 1.49: the Errors panel). tests/integration/browser/test_missing_models.py checks both front ends.
+LOADER_FOLDERS = {
+    "UNETLoader": {"unet_name": "diffusion_models"},
+    "VAELoader": {"vae_name": "vae"},
+    "CLIPLoader": {"clip_name": "text_encoders"},
+    "DualCLIPLoader": {"clip_name1": "text_encoders", "clip_name2": "text_encoders"},
+    "LoraLoaderModelOnly": {"lora_name": "loras"},
+    "DLALoader": {"dla_name": "dla"},
+    "DLAMLLMLoader": {"mllm_name": "mllm"},
+}
+# The pack's own files: the trained DLA checkpoints, the MLLM folder (a Hugging Face repository, not one
+# file) and the LoRA trained with the DLA. No public single-file download: no entry.
+PACK_ONLY_FOLDERS = {"dla", "mllm"}
+PACK_ONLY_FILES = {"dla_internvl3-8b_flux1-dev_lora.safetensors"}
+# Where the URLs of ComfyUI's own templates (the source of ours) point.
+DOWNLOAD_URL_PREFIXES = (
+    "https://huggingface.co/Comfy-Org/",
+    "https://huggingface.co/comfyanonymous/",
+    "https://huggingface.co/black-forest-labs/",
+)
+
+
+def _model_files(path: Path, node: dict) -> set[tuple[str, str]]:
+    """(file name, folder) of each file widget of a loader node (values read from the API twin)."""
+    return {(widget(path, node, name), folder) for name, folder in LOADER_FOLDERS[node["type"]].items()}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=ids)
+def test_every_public_model_file_carries_its_download_link(path):
+    ui = load(path)
+    loaders = [node for node in ui["nodes"] if node["type"] in LOADER_FOLDERS]
+    assert loaders
+    assert {n["type"] for n in ui["nodes"] if "Loader" in n["type"] and n["type"] not in LOADER_FOLDERS} == set()
+    for node in loaders:
+        public = {
+            (name, folder)
+            for name, folder in _model_files(path, node)
+            if folder not in PACK_ONLY_FOLDERS and name not in PACK_ONLY_FILES
+        }
+        models = node.get("properties", {}).get("models", [])
+        assert {(m["name"], m["directory"]) for m in models} == public, node["type"]
+        assert len(models) == len(public), node["type"]  # no duplicates
+        for model in models:
+            assert set(model) == {"name", "url", "directory"}
+            url, name = model["url"], model["name"]
+            assert url.startswith(DOWNLOAD_URL_PREFIXES), url
+            assert "/resolve/main/" in url and url.endswith("/" + name), url
+            assert name.endswith(".safetensors")  # what front end 1.27 lets a person download
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=ids)
+def test_only_loader_nodes_carry_model_links(path):
+    for node in load(path)["nodes"]:
+        if node["type"] not in LOADER_FOLDERS:
+            assert "models" not in node.get("properties", {}), node["type"]
+
+
+def test_a_file_has_one_download_link_across_the_workflows():
+    links: dict[str, set[tuple[str, str]]] = {}
+    for path in UI_FILES:
+        for node in load(path)["nodes"]:
+            for model in node.get("properties", {}).get("models", []):
+                links.setdefault(model["name"], set()).add((model["url"], model["directory"]))
+    assert links
+    assert {name: found for name, found in links.items() if len(found) > 1} == {}

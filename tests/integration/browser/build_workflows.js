@@ -29,6 +29,33 @@ const FILES = {
   lora: 'dla_internvl3-8b_flux1-dev_lora.safetensors',
   reference: 'dla_subject_reference.png',
 };
+// Where each publicly downloadable model file the workflows name comes from: {name: {directory, url}}.
+// The URLs are those of ComfyUI's own templates (comfyui-workflow-templates: flux_dev_full_text_to_image,
+// flux_kontext_dev_basic, image_qwen_image_edit_2509, image_qwen_image_edit_2511, image_flux2_fp8,
+// image_flux2_klein_image_edit_4b_distilled). buildInPage copies the entry of every loader widget value
+// found here into node.properties.models, the metadata ComfyUI's front end reads when a workflow is
+// opened: files missing from the server are listed with their folder and a download link (1.27: the
+// "missing models" dialog; 1.49: the missing-models list of the errors panel). The DLA checkpoints, the
+// DLA's LoRA and the MLLM folder are this pack's own (no single public file): they get no entry.
+const MODEL_LINKS = {
+  // FLUX.1 [dev] (dla_flux_*) and FLUX.1 Kontext [dev] (flux_kontext_*)
+  'flux1-dev.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev.safetensors' },
+  'ae.safetensors': { directory: 'vae', url: 'https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors' },
+  'flux1-dev-kontext_fp8_scaled.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/flux1-kontext-dev_ComfyUI/resolve/main/split_files/diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors' },
+  'clip_l.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors' },
+  't5xxl_fp8_e4m3fn_scaled.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn_scaled.safetensors' },
+  // Qwen-Image-Edit-2509 / -2511
+  'qwen_image_edit_2509_fp8_e4m3fn.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/Qwen-Image-Edit_ComfyUI/resolve/main/split_files/diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors' },
+  'qwen_image_edit_2511_fp8mixed.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/Qwen-Image-Edit_ComfyUI/resolve/main/split_files/diffusion_models/qwen_image_edit_2511_fp8mixed.safetensors' },
+  'qwen_2.5_vl_7b_fp8_scaled.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors' },
+  'qwen_image_vae.safetensors': { directory: 'vae', url: 'https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/vae/qwen_image_vae.safetensors' },
+  // FLUX.2 [dev] / [klein]
+  'flux2_dev_fp8mixed.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/diffusion_models/flux2_dev_fp8mixed.safetensors' },
+  'mistral_3_small_flux2_fp8.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/text_encoders/mistral_3_small_flux2_fp8.safetensors' },
+  'flux2-vae.safetensors': { directory: 'vae', url: 'https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/flux2-vae.safetensors' },
+  'flux-2-klein-4b-fp8.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/black-forest-labs/FLUX.2-klein-4b-fp8/resolve/main/flux-2-klein-4b-fp8.safetensors' },
+  'qwen_3_4b.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files/text_encoders/qwen_3_4b.safetensors' },
+};
 const PROMPT = 'The subject from the reference image sitting on a wooden bench in an autumn park, '
   + 'seen from the side, soft morning light, detailed photo.';
 const SEED = 42;
@@ -131,7 +158,7 @@ const WORKFLOWS = {
 };
 
 async function buildInPage(page, spec) {
-  return await page.evaluate(async (spec) => {
+  return await page.evaluate(async ({ spec, modelLinks }) => {
     const { app, LiteGraph } = window;
     app.graph.clear();
     const byKey = {};
@@ -146,6 +173,11 @@ async function buildInPage(page, spec) {
         if (!widget) throw new Error(`${n.type} has no widget ${name}: ${(node.widgets ?? []).map((w) => w.name)}`);
         widget.value = value;
       }
+      // Download metadata for the public model files this node loads (ComfyUI's templates do the same).
+      const models = (node.widgets ?? [])
+        .filter((w) => typeof w.value === 'string' && Object.hasOwn(modelLinks, w.value))
+        .map((w) => ({ name: w.value, url: modelLinks[w.value].url, directory: modelLinks[w.value].directory }));
+      if (models.length) node.properties.models = models;
       const size = node.computeSize();
       node.setSize([Math.max(size[0], n.size?.[0] ?? 0), Math.max(size[1], n.size?.[1] ?? 0)]);
       byKey[n.key] = node;
@@ -164,7 +196,7 @@ async function buildInPage(page, spec) {
     const ui = app.graph.serialize();
     const api = (await app.graphToPrompt()).output;
     return { ui, api };
-  }, spec);
+  }, { spec, modelLinks: MODEL_LINKS });
 }
 
 // Opens the front end at `url`, builds every graph of `workflows` ({name: spec}) and writes
@@ -203,7 +235,7 @@ function runBuilder(scriptName, workflows) {
   });
 }
 
-module.exports = { buildWorkflows, runBuilder };
+module.exports = { buildWorkflows, runBuilder, MODEL_LINKS };
 
 if (require.main === module) {
   runBuilder('build_workflows.js', WORKFLOWS);

@@ -12,7 +12,8 @@ The models tree it serves is the tiny one (:mod:`dla_harness.tree`), plus the fi
 have (`USER_MODEL_NAMES`) as symlinks to the tiny files, so the shipped workflows' dropdown values
 exist on this server exactly as on a person's.
 
-Serve by hand: `PYTHONPATH=tests/lib python -m dla_harness.server [models-dir]` prints the URL.
+Serve by hand: `PYTHONPATH=tests/lib python -m dla_harness.server [--without-user-models] [models-dir]` prints
+the URL (``--without-user-models``: none of the files the workflows name, see `server_without_user_models_fixture`).
 """
 
 from __future__ import annotations
@@ -281,13 +282,19 @@ REFERENCE_IMAGE = "dla_subject_reference.png"
 SECOND_REFERENCE_IMAGE = "dla_second_reference.png"  # image2 of the FLUX.2 / Qwen-Image-Edit-2511 workflows
 
 
-def models_tree_with_user_names(tiny_models_dir: Path, dest: Path) -> Path:
-    """A models/ tree at ``dest``: every tiny model linked under its own name AND under the user's name."""
+def models_tree_with_user_names(tiny_models_dir: Path, dest: Path, user_names: bool = True) -> Path:
+    """A models/ tree at ``dest``: every tiny model linked under its own name AND under the user's name.
+
+    ``user_names=False``: the tiny models under their own names only, so none of the files the shipped
+    workflows name exists (what a fresh ComfyUI has: the front end's missing-models list shows them).
+    """
     tiny_models_dir = Path(tiny_models_dir).resolve()
     for folder in sorted(p for p in tiny_models_dir.iterdir() if p.is_dir()):
         (dest / folder.name).mkdir(parents=True, exist_ok=True)
         for entry in folder.iterdir():
             (dest / folder.name / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    if not user_names:
+        return dest
     for (folder, user_name), tiny_name in USER_MODEL_NAMES.items():
         target = tiny_models_dir / folder / tiny_name
         if not target.exists():
@@ -318,16 +325,22 @@ def write_reference_image(path: Path, size: tuple[int, int] = (48, 64), seed: in
 _shared: dict = {"server": None, "users": 0, "tmp": None}
 
 
-def acquire_server(comfyui: Path, tiny_models_dir: Path) -> ComfyServer:
+def start_server(comfyui: Path, tiny_models_dir: Path, tmp: Path, user_names: bool = True) -> ComfyServer:
+    """A started server under ``tmp`` (models tree, base dir, the workflows' reference images)."""
+    models = models_tree_with_user_names(tiny_models_dir, tmp / "models", user_names=user_names)
+    log_name = "comfyui-server.log" if user_names else "comfyui-server-without-user-models.log"
+    server = ComfyServer(comfyui, models, tmp / "base", ARTIFACTS_DIR / log_name)
+    write_reference_image(server.base_dir / "input" / REFERENCE_IMAGE)
+    write_reference_image(server.base_dir / "input" / SECOND_REFERENCE_IMAGE, size=(64, 40), seed=1)
+    return server.start()
+
+
+def acquire_server(comfyui: Path, tiny_models_dir: Path, user_names: bool = True) -> ComfyServer:
     """The session's ComfyUI server, started on first use; pair every call with `release_server`."""
     if _shared["server"] is None:
         tmp = Path(tempfile.mkdtemp(prefix="dla-comfy-server-"))
         try:
-            models = models_tree_with_user_names(tiny_models_dir, tmp / "models")
-            server = ComfyServer(comfyui, models, tmp / "base", ARTIFACTS_DIR / "comfyui-server.log")
-            write_reference_image(server.base_dir / "input" / REFERENCE_IMAGE)
-            write_reference_image(server.base_dir / "input" / SECOND_REFERENCE_IMAGE, size=(64, 40), seed=1)
-            server.start()
+            server = start_server(comfyui, tiny_models_dir, tmp, user_names=user_names)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -354,22 +367,43 @@ def comfy_server_fixture(comfyui_path, tiny_models_dir):
         release_server()
 
 
+def server_without_user_models_fixture(comfyui_path, tiny_models_dir):
+    """Body of a fixture for a second server (not the shared one) without the files the workflows name.
+
+    Its models tree has the tiny models under their own names only (no `USER_MODEL_NAMES`, no
+    `LISTED_ONLY_MODEL_NAMES`): a ComfyUI without FLUX.1-dev, ae, Qwen-Image-Edit, ... as a person has
+    it before downloading them (tests/integration/browser/test_missing_models.py).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="dla-comfy-server-bare-"))
+    server = None
+    try:
+        server = start_server(comfyui_path, tiny_models_dir, tmp, user_names=False)
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":  # serve by hand: PYTHONPATH=tests/lib python -m dla_harness.server [models-dir]
     sys.path.append(str(REPO_ROOT))  # dla_core, to build the tiny models
     # Ctrl-C and `kill` both stop the server cleanly, also when a shell started this script in the
     # background (which leaves SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # --without-user-models: serve the tiny models under their own names only (the workflows' files missing)
+    args = [arg for arg in sys.argv[1:] if arg != "--without-user-models"]
+    with_user_names = len(args) == len(sys.argv) - 1
     comfyui, reason = find_comfyui()
     if comfyui is None:
         sys.exit(reason)
-    if len(sys.argv) > 1:
-        tiny = Path(sys.argv[1])
+    if args:
+        tiny = Path(args[0])
     else:
         from dla_harness.tree import build_tiny_models_tree, tiny_flux_width
 
         tiny = build_tiny_models_tree(Path(tempfile.mkdtemp(prefix="dla-tiny-models-")), tiny_flux_width(comfyui))
-    server = acquire_server(comfyui, tiny)
+    server = acquire_server(comfyui, tiny, user_names=with_user_names)
     print(f"ComfyUI with the pack on {server.url} (log: {server.log_path}); Ctrl-C stops it", flush=True)
     try:
         server.process.wait()
