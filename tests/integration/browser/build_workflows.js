@@ -12,11 +12,9 @@
 
 const path = require('path');
 const fs = require('fs');
-const { chromium } = require('playwright-core');
+const { launchChromium, openFrontend, runMain } = require('./frontend.js');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'];
 
 // File names as people have them: FLUX.1-dev and its VAE from Black Forest Labs' repository,
 // InternVL3-8B in transformers format (OpenGVLab/InternVL3-8B-hf), and the DLA + LoRA pair
@@ -202,13 +200,11 @@ async function buildInPage(page, spec) {
 // Opens the front end at `url`, builds every graph of `workflows` ({name: spec}) and writes
 // example_workflows/<name>.json and example_workflows/api/<name>.json. Shared with the Qwen / Kontext builder.
 async function buildWorkflows(url, workflows) {
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
     page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
-    await page.goto(url, { waitUntil: 'domcontentloaded' });
-    await page.waitForFunction(() => window.app?.graph && Object.keys(window.LiteGraph?.registered_node_types ?? {}).length > 100, null, { timeout: 90000 });
-    await page.waitForTimeout(1500);
+    await openFrontend(page, url);
     fs.mkdirSync(path.join(REPO, 'example_workflows', 'api'), { recursive: true });
     for (const [name, spec] of Object.entries(workflows)) {
       const { ui, api } = await buildInPage(page, spec);
@@ -229,10 +225,7 @@ function runBuilder(scriptName, workflows) {
     process.stderr.write(`usage: node ${scriptName} <server-url>\n`);
     process.exit(1);
   }
-  buildWorkflows(url, workflows).catch((error) => {
-    process.stderr.write(`${error.stack || error}\n`);
-    process.exit(1);
-  });
+  runMain(() => buildWorkflows(url, workflows));
 }
 
 module.exports = { buildWorkflows, runBuilder, MODEL_LINKS };

@@ -19,13 +19,8 @@
 
 const path = require('path');
 const fs = require('fs');
-const { chromium } = require('playwright-core');
+const { launchChromium, openFrontend, runMain } = require('./frontend.js');
 
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
-];
 const VIEWPORT = { width: 1920, height: 1080 };
 
 // Records clipboard writes and link clicks instead of doing them (runs before the page's own scripts).
@@ -49,14 +44,6 @@ function recordCopiesAndDownloads() {
   };
 }
 
-async function openFrontend(page, url) {
-  await page.goto(url, { waitUntil: 'domcontentloaded' });
-  await page.waitForFunction(
-    () => window.app && window.app.graph && window.LiteGraph &&
-      Object.keys(window.LiteGraph.registered_node_types).length > 100,
-    null, { timeout: 90000 });
-  await page.waitForTimeout(1500);
-}
 
 // Clicks `button` and returns what it wrote to the clipboard / which link it opened (null: nothing).
 async function clickAndRecord(page, button, what) {
@@ -127,7 +114,7 @@ async function readErrorsPanel(page, shoot) {
 async function main() {
   const [url, screenshotDir, ...workflows] = process.argv.slice(2);
   fs.mkdirSync(screenshotDir, { recursive: true });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   const report = { frontend_version: null, results: {} };
   try {
     const origin = new URL(url).origin;
@@ -169,7 +156,4 @@ async function main() {
   process.stdout.write(JSON.stringify(report));
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runMain(main);

@@ -9,29 +9,19 @@
 // 1.27.10 then opens the node library sidebar on the node's help page, 1.49.6 the right-hand panel's "Info"
 // tab; both render the Markdown fetched by NodeHelpService into `.node-help-content`.
 
-const { chromium } = require('playwright-core');
+const { launchChromium, openFrontend, runMain } = require('./frontend.js');
 
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
-];
 
 async function main() {
   const [url, screenshot, nodeId, expected] = process.argv.slice(2);
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   const report = { frontend_version: null, info_buttons: 0, requests: [], panel_text: '', shown: false };
   try {
     const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
     page.on('response', (response) => {
       if (response.url().includes('/docs/')) report.requests.push(`${response.status()} ${new URL(response.url()).pathname}`);
     });
-    await page.goto(url, { waitUntil: 'domcontentloaded' });
-    await page.waitForFunction(
-      () => window.app && window.app.graph && window.LiteGraph &&
-        Object.keys(window.LiteGraph.registered_node_types).length > 100,
-      null, { timeout: 90000 });
-    await page.waitForTimeout(1500);
+    await openFrontend(page, url);
     report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
     await page.keyboard.press('Escape');
     const title = await page.evaluate((type) => {
@@ -68,7 +58,4 @@ async function main() {
   process.stdout.write(JSON.stringify(report));
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runMain(main);

@@ -14,17 +14,12 @@
 // example_workflows/*.json under its folder name ("Custom Nodes" / "EXTENSIONS" in the side list) and
 // show /api/workflow_templates/<pack folder>/<name>.jpg as the card's picture.
 
-const { chromium } = require('playwright-core');
+const { launchChromium, openFrontend, runMain } = require('./frontend.js');
 
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
-];
 
 async function main() {
   const [url, screenshot, pack] = process.argv.slice(2);
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   const prefix = `/api/workflow_templates/${pack}/`;
   const report = {
     frontend_version: null, categories: false, cards: [], thumbnails: {}, images: {}, opened: null,
@@ -39,12 +34,7 @@ async function main() {
         status: response.status(), type: headers['content-type'] || '', bytes: Number(headers['content-length'] || 0),
       };
     });
-    await page.goto(url, { waitUntil: 'domcontentloaded' });
-    await page.waitForFunction(
-      () => window.app && window.app.graph && window.LiteGraph &&
-        Object.keys(window.LiteGraph.registered_node_types).length > 100,
-      null, { timeout: 90000 });
-    await page.waitForTimeout(1500);
+    await openFrontend(page, url);
     report.frontend_version = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
     await page.keyboard.press('Escape');
     // The sidebar's / menu's "Templates" entry runs this command on both front ends.
@@ -132,7 +122,4 @@ async function main() {
   process.stdout.write(JSON.stringify(report));
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runMain(main);

@@ -20,24 +20,10 @@
 
 const path = require('path');
 const fs = require('fs');
-const { chromium } = require('playwright-core');
+const { launchChromium, waitForFrontend, runMain } = require('./frontend.js');
 
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
-];
 const VIEWPORT = { width: 1920, height: 1080 };
 
-async function waitForFrontend(page) {
-  await page.waitForFunction(
-    () => window.app && window.app.graph && window.LiteGraph &&
-      Object.keys(window.LiteGraph.registered_node_types).length > 100 &&
-      window.app.vueAppReady !== false,
-    null, { timeout: 90000 });
-  // Let the front end finish its own start-up (settings, default workflow, extensions).
-  await page.waitForTimeout(1500);
-}
 
 // Everything that tells a person something is wrong with a loaded workflow: PrimeVue dialogs (front end
 // 1.27: "Some Nodes Are Missing", missing models) and the error overlay of newer front ends (1.49).
@@ -108,7 +94,7 @@ async function inspectWorkflow(page, uiJson) {
 async function main() {
   const [url, screenshotDir, ...workflowArgs] = process.argv.slice(2);
   fs.mkdirSync(screenshotDir, { recursive: true });
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   const report = { frontend_version: null, startup_errors: [], results: {} };
   let errors = report.startup_errors; // where console errors go right now
   try {
@@ -160,7 +146,4 @@ async function main() {
   process.stdout.write(JSON.stringify(report));
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runMain(main);

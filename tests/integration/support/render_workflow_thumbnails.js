@@ -9,15 +9,10 @@
 
 const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { launchChromium, openFrontend, runMain } = require('../browser/frontend.js');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const WORKFLOWS = path.join(REPO, 'example_workflows');
-const CHROMIUM = process.env.DLA_CHROMIUM || '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-quic', '--no-first-run', '--disable-sync',
-];
 // The thumbnail: 1024 x 768 pixels (4:3, like the cards of ComfyUI's template browser), drawn on a page
 // twice that size at device scale 1/2 so the graph is framed at a zoom where the front end still draws
 // titles and widgets (it switches to low-quality boxes below about 60 %).
@@ -33,14 +28,9 @@ const SETTINGS = {
   'LiteGraph.Canvas.MinFontSizeForLOD': 0,  // full detail at every zoom (front end >= 1.2x)
 };
 
-async function openFrontEnd(browser, url) {
+async function openCleanCanvas(browser, url) {
   const page = await browser.newPage({ viewport: { width: WIDTH, height: HEIGHT }, deviceScaleFactor: DEVICE_SCALE });
-  await page.goto(url, { waitUntil: 'domcontentloaded' });
-  await page.waitForFunction(
-    () => window.app && window.app.graph && window.LiteGraph &&
-      Object.keys(window.LiteGraph.registered_node_types).length > 100,
-    null, { timeout: 90000 });
-  await page.waitForTimeout(1500);
+  await openFrontend(page, url);
   await page.keyboard.press('Escape');
   await page.evaluate(async (settings) => {
     const store = window.app.extensionManager?.setting;
@@ -95,9 +85,9 @@ async function main() {
   const [url, ...names] = process.argv.slice(2);
   if (!url) throw new Error('usage: node render_workflow_thumbnails.js <server-url> [name ...]');
   const wanted = names.length ? names : fs.readdirSync(WORKFLOWS).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   try {
-    const page = await openFrontEnd(browser, url);
+    const page = await openCleanCanvas(browser, url);
     for (const name of wanted) {
       const workflow = JSON.parse(fs.readFileSync(path.join(WORKFLOWS, `${name}.json`), 'utf8'));
       const shown = await showWorkflow(page, workflow);
@@ -111,7 +101,4 @@ async function main() {
   }
 }
 
-main().catch((error) => {
-  process.stderr.write(`${error.stack || error}\n`);
-  process.exit(1);
-});
+runMain(main);
