@@ -17,6 +17,7 @@ import copy
 import pytest
 import torch
 from dla_harness import pack_module
+from tiny_flux2 import comfy_has_flux2_text_encoders
 
 from dla_tiny.flux2_text_encoders import (
     COMFY_MISTRAL3_OPTIONS,
@@ -42,12 +43,6 @@ ENCODERS = {
 }
 
 
-def comfy_has_flux2() -> bool:
-    import comfy.text_encoders.flux
-
-    return hasattr(comfy.text_encoders.flux, "Flux2TEModel")
-
-
 @pytest.fixture(scope="module")
 def pack(comfy):
     return pack_module("nodes.flux2_clip")
@@ -71,7 +66,7 @@ def _load(family: str, tmp_path_factory, clip_type: str = "FLUX2"):
 @pytest.fixture(scope="module", params=sorted(ENCODERS))
 def encoded(request, comfy, pack, tmp_path_factory):
     """(family, clip, CLIPTextEncode's conditioning, the node's conditioning, features); None without FLUX.2."""
-    if not comfy_has_flux2():
+    if not comfy_has_flux2_text_encoders():
         return None
     import nodes as comfy_nodes
 
@@ -84,7 +79,7 @@ def encoded(request, comfy, pack, tmp_path_factory):
 
 def _refused_for_old_comfyui(pack, errors, clip=None) -> bool:
     """On a ComfyUI without FLUX.2: assert the node's one clear error and return True."""
-    if comfy_has_flux2():
+    if comfy_has_flux2_text_encoders():
         return False
     with pytest.raises(errors.DLAInputError, match=NEEDS_NEWER):
         pack.DLAFlux2TextEncode.execute(clip, PROMPT)
@@ -94,7 +89,7 @@ def _refused_for_old_comfyui(pack, errors, clip=None) -> bool:
 def test_a_comfyui_without_flux2_gets_one_clear_version_line(pack, errors):
     import comfyui_version
 
-    if comfy_has_flux2():
+    if comfy_has_flux2_text_encoders():
         assert pack.needs_newer_comfyui_message().endswith(
             f"this ComfyUI is {comfyui_version.__version__}. Update ComfyUI."
         )

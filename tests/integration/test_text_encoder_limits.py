@@ -16,6 +16,7 @@ import importlib
 import pytest
 import torch
 from dla_harness import pack_module
+from tiny_flux2 import comfy_has_flux2_text_encoders
 
 from dla_tiny.flux2_text_encoders import (
     COMFY_MISTRAL3_OPTIONS,
@@ -31,12 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROMPT = "a red fox sitting on a mossy rock, morning light"
 LONG_PROMPT = " ".join(["fox"] * 40)  # longer than PROMPT in every tokenizer (the tiny Mistral's is byte-level)
 ENCODERS = ("mistral3", "qwen3", "qwen_image")  # FLUX.2 [dev], FLUX.2 [klein] 4B, Qwen-Image's Qwen2.5-VL
-
-
-def comfy_has_flux2() -> bool:
-    import comfy.text_encoders.flux
-
-    return hasattr(comfy.text_encoders.flux, "Flux2TEModel")
 
 
 def model_management():
@@ -62,7 +57,7 @@ def clips(comfy, tmp_path_factory):
             model_options={COMFY_TE_MODEL_OPTIONS_KEY: TINY_TE_CONFIG},
         )
     }
-    if comfy_has_flux2():
+    if comfy_has_flux2_text_encoders():
         for family, build, options in (
             ("mistral3", build_tiny_mistral3_te, COMFY_MISTRAL3_OPTIONS),
             ("qwen3", build_tiny_qwen3_4b_te, COMFY_QWEN3_OPTIONS),

@@ -24,6 +24,13 @@ def comfy_has_flux2() -> bool:
     return hasattr(comfy.latent_formats, "Flux2")
 
 
+def comfy_has_flux2_text_encoders() -> bool:
+    """Whether the imported ComfyUI has FLUX.2's text encoders (CLIPLoader type ``flux2``)."""
+    import comfy.text_encoders.flux
+
+    return hasattr(comfy.text_encoders.flux, "Flux2TEModel")
+
+
 def tiny_flux2_state_dict(
     seed: int = 0,
     hidden: int = 256,

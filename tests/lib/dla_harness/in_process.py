@@ -153,6 +153,14 @@ class PromptResult:
         return None
 
     @property
+    def interrupted_node(self) -> str | None:
+        """The node the person's Cancel stopped (its ``execution_interrupted`` message), else None."""
+        for event, data in self.messages:
+            if event == "execution_interrupted":
+                return data["node_id"]
+        return None
+
+    @property
     def error_text(self) -> str:
         """Every error message of the prompt, for assertions on wording."""
         parts = [json.dumps(self.node_errors), json.dumps(self.validation_error or {})]
