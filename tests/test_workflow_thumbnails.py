@@ -1,6 +1,6 @@
 """Every shipped workflow has the thumbnail ComfyUI's template browser shows beside it.
 
-example_workflows/<name>.jpg is drawn by tests/integration/support/render_workflow_thumbnails.js: a picture
+workflows/<name>.jpg is drawn by tests/integration/support/render_workflow_thumbnails.js: a picture
 of the workflow's graph in the real front end (only tiny random-weight models exist where the pack is
 built, so a picture of a result would be noise). tests/integration/browser/test_templates.py checks that
 the front ends show them.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "example_workflows"
+WORKFLOWS_DIR = Path(__file__).resolve().parents[1] / "workflows"
 SHIPPED = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
 THUMBNAIL_SIZE = (1024, 768)  # render_workflow_thumbnails.js: 4:3, like the browser's cards
 MAX_BYTES = 200_000

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 UI_FILES = sorted(WORKFLOWS_DIR.glob("*.json"))
 FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
@@ -71,7 +71,7 @@ def source(ui: dict, node: dict, input_name: str) -> tuple[int, int]:
 ids = [path.stem for path in UI_FILES]
 
 
-def test_there_are_example_workflows():
+def test_there_are_workflows():
     assert {"dla_flux_subject", "dla_flux_staging_compare"} <= set(ids)
 
 

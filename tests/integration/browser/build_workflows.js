@@ -3,8 +3,8 @@
 // usage (from the repository root, with a server running the pack, e.g.
 //        `PYTHONPATH=tests/lib python -m dla_harness.server` in another shell):
 //   node tests/integration/browser/build_workflows.js http://127.0.0.1:PORT
-// writes example_workflows/<name>.json (UI format: app.graph.serialize(), what "Save" writes) and
-//        example_workflows/api/<name>.json (API format: app.graphToPrompt().output, what "Export (API)" writes).
+// writes workflows/<name>.json (UI format: app.graph.serialize(), what "Save" writes) and
+//        workflows/api/<name>.json (API format: app.graphToPrompt().output, what "Export (API)" writes).
 //
 // The graphs are described below by node, widget values and links; the front end creates the
 // nodes from the server's /object_info, so the files carry exactly the slots, widget order and
@@ -198,20 +198,20 @@ async function buildInPage(page, spec) {
 }
 
 // Opens the front end at `url`, builds every graph of `workflows` ({name: spec}) and writes
-// example_workflows/<name>.json and example_workflows/api/<name>.json. Shared with the Qwen / Kontext builder.
+// workflows/<name>.json and workflows/api/<name>.json. Shared with the Qwen / Kontext builder.
 async function buildWorkflows(url, workflows) {
   const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1920, height: 1080 } });
     page.on('pageerror', (error) => process.stderr.write(`page error: ${error.message}\n`));
     await openFrontend(page, url);
-    fs.mkdirSync(path.join(REPO, 'example_workflows', 'api'), { recursive: true });
+    fs.mkdirSync(path.join(REPO, 'workflows', 'api'), { recursive: true });
     for (const [name, spec] of Object.entries(workflows)) {
       const { ui, api } = await buildInPage(page, spec);
       delete ui.extra?.ds; // let the canvas fit the graph when it is opened
-      fs.writeFileSync(path.join(REPO, 'example_workflows', `${name}.json`), JSON.stringify(ui, null, 2) + '\n');
-      fs.writeFileSync(path.join(REPO, 'example_workflows', 'api', `${name}.json`), JSON.stringify(api, null, 2) + '\n');
-      process.stdout.write(`wrote example_workflows/${name}.json and example_workflows/api/${name}.json\n`);
+      fs.writeFileSync(path.join(REPO, 'workflows', `${name}.json`), JSON.stringify(ui, null, 2) + '\n');
+      fs.writeFileSync(path.join(REPO, 'workflows', 'api', `${name}.json`), JSON.stringify(api, null, 2) + '\n');
+      process.stdout.write(`wrote workflows/${name}.json and workflows/api/${name}.json\n`);
     }
   } finally {
     await browser.close();

@@ -11,7 +11,7 @@
 //   opened             {name: {nodes: [type, ...] sorted, template_dialog_open}} after clicking its card
 //
 // Both tested front ends (1.27.10 on ComfyUI 0.3.64, 1.49.6 on ComfyUI 0.33.0) list a pack's
-// example_workflows/*.json under its folder name ("Custom Nodes" / "EXTENSIONS" in the side list) and
+// workflows/*.json under its folder name ("Custom Nodes" / "EXTENSIONS" in the side list) and
 // show /api/workflow_templates/<pack folder>/<name>.jpg as the card's picture.
 
 const { launchChromium, openFrontend, runMain } = require('./frontend.js');

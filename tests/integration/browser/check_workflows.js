@@ -16,7 +16,7 @@
 //   bad_widget_values    combo values that are not among the server's options (a model file the
 //                        server does not list, a sampler name that does not exist, ...)
 //   nodes_with_errors    nodes flagged has_errors
-//   api_prompt           app.graphToPrompt() output, for comparison with example_workflows/api/<name>.json
+//   api_prompt           app.graphToPrompt() output, for comparison with workflows/api/<name>.json
 
 const path = require('path');
 const fs = require('fs');

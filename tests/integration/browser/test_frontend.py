@@ -24,7 +24,7 @@ from dla_harness import workflow_prompts as wf
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 SCRIPT = Path(__file__).with_name("check_workflows.js")
 SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"

@@ -1,7 +1,7 @@
 """On a ComfyUI without the model files, the real front end lists the ones a shipped workflow needs, with their
 folders and download links (issue 11.3).
 
-The loader nodes of example_workflows/*.json carry ``properties.models`` ({name, url, directory}, what ComfyUI's
+The loader nodes of workflows/*.json carry ``properties.models`` ({name, url, directory}, what ComfyUI's
 own templates carry). check_missing_models.js loads one workflow per model family into the front end of a second
 server (``server_without_user_models``: the tiny models under their own names only, none of the names the
 workflows use) and reports the list the front end shows: front end 1.27.10 (ComfyUI 0.3.64) in its "Missing
@@ -28,7 +28,7 @@ from dla_harness import workflow_prompts as wf
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SCRIPT = Path(__file__).with_name("check_missing_models.js")
 SCREENSHOT_DIR = REPO_ROOT / "test-artifacts" / "screenshots"
 DOCS_SCREENSHOT = REPO_ROOT / "docs" / "images" / "missing_models.png"

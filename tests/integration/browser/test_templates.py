@@ -1,6 +1,6 @@
 """ComfyUI's template browser lists the pack's workflows with their thumbnails and opens them.
 
-ComfyUI serves a pack's ``example_workflows/*.json`` at /api/workflow_templates (0.3.64 and 0.33.0 alike)
+ComfyUI serves a pack's ``workflows/*.json`` at /api/workflow_templates (0.3.64 and 0.33.0 alike)
 and the front end shows ``<name>.jpg`` beside each as the card's picture. check_templates.js opens the
 browser as a person does (the "Templates" command), picks the pack's entry in the side list, reads every
 card and the picture the browser decoded for it, and opens every workflow from its card, in headless
@@ -22,7 +22,7 @@ from PIL import Image
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 SCRIPT = Path(__file__).with_name("check_templates.js")
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "screenshots" / "template_browser.png"
 SHIPPED = sorted(path.stem for path in WORKFLOWS_DIR.glob("*.json"))
@@ -41,7 +41,7 @@ def templates_report(browser_ready, comfy_server) -> dict:
 def test_server_lists_every_shipped_workflow_as_a_template(comfy_server):
     with urllib.request.urlopen(f"{comfy_server.url}/api/workflow_templates", timeout=30) as response:
         listed = json.load(response)
-    assert sorted(listed[PACK_DIR_NAME]) == SHIPPED  # UI files only: example_workflows/api/ is not listed
+    assert sorted(listed[PACK_DIR_NAME]) == SHIPPED  # UI files only: workflows/api/ is not listed
 
 
 def test_template_browser_is_this_rows_front_end(templates_report):

@@ -56,7 +56,7 @@ DLA_FOR_OTHER_MLLM = "tiny_dla_for_qwen25vl.safetensors"
 
 
 def shipped_tiny_prompt(name: str) -> dict:
-    """example_workflows/api/<name>.json on the tiny models."""
+    """workflows/api/<name>.json on the tiny models."""
     return wf.tiny_prompt(wf.load_json(wf.API_DIR / f"{name}.json"), dla_server.USER_MODEL_NAMES)
 
 

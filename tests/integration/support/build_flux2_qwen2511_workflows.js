@@ -4,7 +4,7 @@
 // usage (from the repository root, with a server running the pack on a ComfyUI that has FLUX.2 and
 //        Qwen-Image-Edit-2511, e.g. `PYTHONPATH=tests/lib python -m dla_harness.server` on ComfyUI 0.33):
 //   node tests/integration/support/build_flux2_qwen2511_workflows.js http://127.0.0.1:PORT
-// writes example_workflows/<name>.json (UI format: app.graph.serialize()) and example_workflows/api/<name>.json
+// writes workflows/<name>.json (UI format: app.graph.serialize()) and workflows/api/<name>.json
 //        (API format: app.graphToPrompt().output) for the four graphs below.
 //
 // Each UI file carries extra.dla_requires: what the graph needs from ComfyUI, machine-readable

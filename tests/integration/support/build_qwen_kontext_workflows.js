@@ -4,7 +4,7 @@
 // usage (from the repository root, with a server running the pack, e.g.
 //        `PYTHONPATH=tests/lib python -m dla_harness.server` in another shell):
 //   node tests/integration/support/build_qwen_kontext_workflows.js http://127.0.0.1:PORT
-// writes example_workflows/<name>.json (UI format: app.graph.serialize()) and example_workflows/api/<name>.json
+// writes workflows/<name>.json (UI format: app.graph.serialize()) and workflows/api/<name>.json
 //        (API format: app.graphToPrompt().output) for the four graphs below.
 
 const { runBuilder } = require('../browser/build_workflows.js');

@@ -1,18 +1,18 @@
 // Draws the thumbnail ComfyUI's template browser shows beside each shipped workflow:
-// example_workflows/<name>.jpg, a picture of the workflow's graph as the real front end draws it.
+// workflows/<name>.jpg, a picture of the workflow's graph as the real front end draws it.
 // (Only tiny random-weight models exist where the pack is built and tested, so a picture of what a
 // workflow makes would be noise; the graph is what the thumbnail honestly shows.)
 //
 // usage (a test server: PYTHONPATH=tests/lib python -m dla_harness.server):
 //   node tests/integration/support/render_workflow_thumbnails.js http://127.0.0.1:PORT [name ...]
-// writes example_workflows/<name>.jpg for every UI workflow (or the named ones).
+// writes workflows/<name>.jpg for every UI workflow (or the named ones).
 
 const fs = require('fs');
 const path = require('path');
 const { launchChromium, openFrontend, runMain } = require('../browser/frontend.js');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
-const WORKFLOWS = path.join(REPO, 'example_workflows');
+const WORKFLOWS = path.join(REPO, 'workflows');
 // The thumbnail: 1024 x 768 pixels (4:3, like the cards of ComfyUI's template browser), drawn on a page
 // twice that size at device scale 1/2 so the graph is framed at a zoom where the front end still draws
 // titles and widgets (it switches to low-quality boxes below about 60 %).
@@ -94,7 +94,7 @@ async function main() {
       await page.waitForTimeout(300);
       const out = path.join(WORKFLOWS, `${name}.jpg`);
       await page.screenshot({ path: out, type: 'jpeg', quality: JPEG_QUALITY, clip: shown.rect });
-      process.stdout.write(`wrote example_workflows/${name}.jpg (${shown.nodes} nodes)\n`);
+      process.stdout.write(`wrote workflows/${name}.jpg (${shown.nodes} nodes)\n`);
     }
   } finally {
     await browser.close();

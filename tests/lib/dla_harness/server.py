@@ -249,7 +249,7 @@ def history_messages(entry: dict, kind: str) -> list[dict]:
 
 # -- the models tree with the names people have ---------------------------------------------------
 # (model folder, the file/folder name users have) -> the tiny file/folder (dla_harness.tree) that stands
-# in for it. The workflows in example_workflows/ use the left-hand names.
+# in for it. The shipped workflows (workflows/) use the left-hand names.
 USER_MODEL_NAMES = {
     ("diffusion_models", "flux1-dev.safetensors"): TINY_FLUX,
     ("vae", "ae.safetensors"): TINY_VAE,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dla_harness.tree import REPO_ROOT
 
-WORKFLOWS_DIR = REPO_ROOT / "example_workflows"
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
 API_DIR = WORKFLOWS_DIR / "api"
 FRONTEND_ONLY_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -37,7 +37,7 @@ TINY_RUN_OVERRIDES = {
 
 
 def ui_workflows() -> list[Path]:
-    """Every UI-format workflow shipped in example_workflows/."""
+    """Every UI-format workflow shipped in workflows/."""
     return sorted(WORKFLOWS_DIR.glob("*.json"))
 
 
