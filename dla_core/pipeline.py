@@ -39,7 +39,6 @@ from .checkpoint import load_dla
 from .checks import check_image_pixels, finite
 from .dtypes import DTYPES
 from .errors import DLAInputError
-from .flux.checkpoint import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
 from .flux.references import DEFAULT_REFERENCE_METHOD, normalize_reference_method
 from .flux.sampling import (
     DEFAULT_GUIDANCE,
@@ -49,6 +48,7 @@ from .flux.sampling import (
     flux_sigmas,
     staged_euler_sample,
 )
+from .flux.weights import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
 from .images import to_pil_list
 from .mllm import encode_joint, load_mllm
 from .schedule import DEFAULT_TAU1, DEFAULT_TAU2, describe_schedule, validate_taus

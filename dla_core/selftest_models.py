@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .flux.checkpoint import FLUX_DEV_TRANSFORMER_CONFIG, FLUX_VAE_CONFIG
+from .flux.weights import FLUX_DEV_TRANSFORMER_CONFIG, FLUX_VAE_CONFIG
 
 # Chat templates: same structure as the real models' templates (role markers, where the
 # image placeholder goes, default system prompt), shortened where only wording differs.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dla_core.flux.checkpoint import flux_config_from_bfl_checkpoint, load_flux_transformer, write_config_folder
+from dla_core.flux.weights import flux_config_from_bfl_checkpoint, load_flux_transformer, write_config_folder
 from dla_tiny.flux import build_tiny_flux_comfy
 
 pytestmark = pytest.mark.slow

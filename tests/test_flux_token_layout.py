@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dla_core.checkpoint import init_dla
-from dla_core.flux.checkpoint import load_flux_transformer
 from dla_core.flux.references import flux_forward, image_position_ids, reference_placements
+from dla_core.flux.weights import load_flux_transformer
 from dla_core.selftest_models import build_tiny_diffusers_flux
 from dla_core.spec import MLLMSpec
 from dla_core.train.module import KEEP_BOTH, DLAFluxTrainModule

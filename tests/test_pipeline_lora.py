@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dla_core.errors import DLAInputError
-from dla_core.flux.checkpoint import load_flux_transformer
 from dla_core.flux.references import flux_forward
+from dla_core.flux.weights import load_flux_transformer
 from dla_core.pipeline import DLASubjectPipeline
 from dla_core.selftest_models import build_tiny_diffusers_flux
 

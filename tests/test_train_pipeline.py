@@ -212,7 +212,7 @@ def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
     from safetensors import safe_open
 
     from dla_core.checkpoint import load_dla
-    from dla_core.flux.checkpoint import load_flux_transformer
+    from dla_core.flux.weights import load_flux_transformer
     from dla_core.train.export import DLA_FILE, LORA_FILE
 
     config, result = full_run

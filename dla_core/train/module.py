@@ -18,8 +18,8 @@ from torch import nn
 from ..checkpoint import load_dla
 from ..errors import DLAInputError
 from ..features import MLLMFeatures
-from ..flux.checkpoint import load_flux_transformer
 from ..flux.references import flux_velocity_tokens, pack_latents
+from ..flux.weights import load_flux_transformer
 from .config import DLATrainingConfig
 
 CHECKPOINT_DIR = "checkpoints"

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import DLAInputError
-from ..flux.checkpoint import load_flux_vae
+from ..flux.weights import load_flux_vae
 from ..mllm import encode_joint, load_mllm
 from .config import DLATrainingConfig, require_paths
 from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name

@@ -22,7 +22,7 @@ ATOL = 1e-5  # float32 on both sides; ComfyUI merges B@A into the weight, peft a
 
 @pytest.fixture(scope="module")
 def lora_setup(comfy, tiny_models_dir, tmp_path_factory):
-    from dla_core.flux.checkpoint import load_flux_transformer
+    from dla_core.flux.weights import load_flux_transformer
     from dla_core.train.config import config_from_dict
     from dla_core.train.export import save_lora
     from dla_core.train.trainer import add_lora
