@@ -22,13 +22,16 @@ reusing stage 2's conditioning (this recipe) the cached keys/values stay right a
 guider allows the cache; a stage 3 with different text, or a reference timing that changes the
 active references mid-run, is refused with a message (see README).
 
-Usage: python bench/bench_flux2_staging.py [--steps 28] [--repeats 2] [--tau1 0.95]
-(ComfyUI with FLUX.2 (>= 0.3.72) from $COMFYUI_PATH; tiny models are built in a temp dir.)
+Usage: python bench/bench_flux2_staging.py [--steps 28] [--repeats 2] [--tau1 0.95] [--json results.json]
+(ComfyUI with FLUX.2 (>= 0.3.72) from $COMFYUI_PATH; tiny models are built in a temp dir, removed at exit.)
+``--json`` also writes every figure unrounded (the measured seconds per step and ratios, the analytic
+rows), so a reader never recomputes a ratio from the rounded table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -92,7 +95,7 @@ def _measure(args):
     from comfy_extras.nodes_custom_sampler import CFGGuider, RandomNoise, SamplerCustomAdvanced
     from tiny_flux2 import build_tiny_flux2
 
-    model = comfy.sd.load_diffusion_model(str(build_tiny_flux2(Path(tempfile.mkdtemp()) / "flux2.safetensors")))
+    model = comfy.sd.load_diffusion_model(str(build_tiny_flux2(Path(args.work_dir) / "flux2.safetensors")))
     side = args.tiny_side // LATENT_PATCH
     generator = torch.Generator().manual_seed(0)
     text = [[torch.randn(1, args.tiny_text_tokens, 96, generator=generator) * 0.5, {"guidance": 4.0}]]
@@ -129,12 +132,21 @@ def main(argv=None) -> int:
     parser.add_argument("--text-tokens", type=int, default=512, help="text tokens at real scale")
     parser.add_argument("--tiny-side", type=int, default=256, help="output side (px) of the measured tiny runs")
     parser.add_argument("--tiny-text-tokens", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write every figure, unrounded, to this JSON file")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="dla-bench-flux2-") as work:
+        args.work_dir = work
+        return _run(args)
+
+
+def _run(args) -> int:
 
     comfy_path, reason = harness.find_comfyui()
     if comfy_path is None:
         raise SystemExit(reason)
-    base = harness.make_comfy_base_directory(Path(tempfile.mkdtemp(prefix="dla-bench-comfy-")), tempfile.mkdtemp())
+    work = Path(args.work_dir)
+    (work / "models").mkdir()
+    base = harness.make_comfy_base_directory(work / "comfy", work / "models")
     harness.start_comfy_in_process(comfy_path, base)
     from tiny_flux2 import comfy_has_flux2
 
@@ -149,19 +161,24 @@ def main(argv=None) -> int:
 
     print(f"1. measured: tiny FLUX.2 in ComfyUI, {args.tiny_side}x{args.tiny_side}, references as large as the output")
     print(f"{'refs':>4} {'native s/step':>14} {'staged s/step':>14} {'staged/native':>14}", flush=True)
+    results = {"measured": [], "analytic": [], "tau1": args.tau1, "tiny_side": args.tiny_side}
     for refs, (native, staged) in () if args.analytic_only else _measure(args):
-        print(f"{refs:>4} {native:>14.4f} {staged:>14.4f} {staged / native:>14.3f}", flush=True)
+        print(f"{refs:>4} {native:>14.6f} {staged:>14.6f} {staged / native:>14.3f}", flush=True)
+        results["measured"].append(dict(refs=refs, native_s=native, staged_s=staged, ratio=staged / native))
 
     print("\n2. analytic at real scale (1 MP references, 1024x1024 output)")
     print(f"{'model':<18} {'steps':>5} {'refs':>4} {'stage 1':>7} {'token-steps':>11} {'FLOPs':>7}")
     for model, steps in (("FLUX.2 [dev]", args.steps), ("FLUX.2 [klein] 4B", args.klein_steps)):
         for refs in (1, 2, 4):
             row = analytic(model, steps, 1024, refs, args.text_tokens, args.tau1)
+            results["analytic"].append(dict(model=model, steps=steps, refs=refs, **row))
             print(
                 f"{model:<18} {steps:>5} {refs:>4} {row['stage1']:>7} {row['token_ratio']:>11.3f} "
                 f"{row['flop_ratio']:>7.3f}"
             )
     print("\nratios are staged / native (lower is cheaper); goal at 2 references: <= 0.90")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

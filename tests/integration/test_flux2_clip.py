@@ -19,6 +19,7 @@ import torch
 from dla_harness import pack_module
 from tiny_flux2 import comfy_has_flux2_text_encoders
 
+from dla_tiny.cache import cached_build
 from dla_tiny.flux2_text_encoders import (
     COMFY_MISTRAL3_OPTIONS,
     COMFY_QWEN3_OPTIONS,
@@ -26,7 +27,6 @@ from dla_tiny.flux2_text_encoders import (
     QWEN3_LAYERS,
     build_tiny_mistral3_te,
     build_tiny_qwen3_4b_te,
-    cached_file,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,7 +57,7 @@ def _load(family: str, tmp_path_factory, clip_type: str = "FLUX2"):
     import comfy.sd
 
     build, options, *_ = ENCODERS[family]
-    path = cached_file(f"tiny_{family}_flux2_te.safetensors", build, tmp_path_factory.mktemp(f"flux2-te-{family}"))
+    path = cached_build(build, tmp_path_factory.mktemp(f"flux2-te-{family}"))
     return comfy.sd.load_clip(
         [str(path)], clip_type=getattr(comfy.sd.CLIPType, clip_type), model_options=copy.deepcopy(options)
     )

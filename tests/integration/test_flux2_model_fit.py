@@ -48,11 +48,13 @@ def models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     import comfy.sd
     from tiny_flux2 import build_tiny_flux2, comfy_has_flux2
 
+    from dla_tiny.cache import cached_build
+
     loaded = {"flux": comfy.sd.load_diffusion_model(str(tiny_models_dir / "diffusion_models" / tiny_names.flux))}
     if comfy_has_flux2():
         root = tmp_path_factory.mktemp("flux2-dits")
         for target, width, guidance in (("flux2", 15360, True), ("flux2_klein", 7680, False)):
-            path = build_tiny_flux2(root / f"{target}.safetensors", seed=0, context_width=width, guidance=guidance)
+            path = cached_build(build_tiny_flux2, root, seed=0, context_width=width, guidance=guidance)
             loaded[target] = comfy.sd.load_diffusion_model(str(path))
     return loaded
 

@@ -32,6 +32,7 @@ def models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     import comfy.sd
     from tiny_flux2 import build_tiny_flux2, comfy_has_flux2
 
+    from dla_tiny.cache import cached_build
     from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
     root = tmp_path_factory.mktemp("latent-tag-models")
@@ -41,12 +42,12 @@ def models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
             [[_random(1, 4, 4096, seed=1), {"pooled_output": _random(1, 768, seed=2), "guidance": 2.5}]],
         ),
         "qwen_image": (
-            comfy.sd.load_diffusion_model(str(build_tiny_qwen_image_dit(root / "qwen.safetensors", seed=0))),
+            comfy.sd.load_diffusion_model(str(cached_build(build_tiny_qwen_image_dit, root, seed=0))),
             [[_random(1, 6, 3584, seed=3), {}]],
         ),
     }
     if comfy_has_flux2():
-        flux2 = comfy.sd.load_diffusion_model(str(build_tiny_flux2(root / "flux2.safetensors", seed=0)))
+        flux2 = comfy.sd.load_diffusion_model(str(cached_build(build_tiny_flux2, root, seed=0)))
         out["flux2"] = (flux2, [[_random(1, 5, 96, seed=4), {"guidance": 4.0}]])
     yield out
     comfy.model_management.unload_all_models()

@@ -37,13 +37,14 @@ def family_models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     import comfy.sd
     from tiny_flux2 import build_tiny_flux2, comfy_has_flux2
 
+    from dla_tiny.cache import cached_build
     from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
     root = tmp_path_factory.mktemp("multi-ref-models")
     out = {}
     if comfy_has_flux2():
         for name, guidance, seed in (("flux2_dev", True, 0), ("flux2_klein", False, 1)):
-            path = build_tiny_flux2(root / f"{name}.safetensors", seed=seed, guidance=guidance)
+            path = cached_build(build_tiny_flux2, root, seed=seed, guidance=guidance)
             values = {"guidance": 4.0} if guidance else {}
             out[name] = (
                 comfy.sd.load_diffusion_model(str(path)),
@@ -51,7 +52,7 @@ def family_models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
                 {"samples": torch.zeros(1, 128, 4, 4)},
                 [_random(1, 128, 4, 4, seed=20), _random(1, 128, 2, 6, seed=21)],
             )
-        qwen_2511 = build_tiny_qwen_image_dit(root / "qwen_2511.safetensors", seed=0, index_timestep_zero=True)
+        qwen_2511 = cached_build(build_tiny_qwen_image_dit, root, seed=0, index_timestep_zero=True)
         out["qwen_image_edit_2511"] = (
             comfy.sd.load_diffusion_model(str(qwen_2511)),
             [[_random(1, 6, 3584, seed=12), {}]],

@@ -12,6 +12,7 @@ import pytest
 import torch
 from dla_harness import pack_module
 
+from dla_tiny.cache import cached_build
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -46,14 +47,15 @@ def pack(comfy):
 
 @pytest.fixture(scope="module")
 def qwen_clip(comfy, tmp_path_factory):
-    path = build_tiny_qwen25vl_te(tmp_path_factory.mktemp("qwen-te") / "qwen_2.5_vl_tiny.safetensors", seed=0)
+    path = cached_build(build_tiny_qwen25vl_te, tmp_path_factory.mktemp("qwen-te"), seed=0)
     return _load_clip(path)
 
 
 @pytest.fixture(scope="module")
 def qwen_clip_text_only_fp8(comfy, tmp_path_factory):
-    path = build_tiny_qwen25vl_te(
-        tmp_path_factory.mktemp("qwen-te-fp8") / "qwen_2.5_vl_tiny_fp8_scaled.safetensors",
+    path = cached_build(
+        build_tiny_qwen25vl_te,
+        tmp_path_factory.mktemp("qwen-te-fp8"),
         seed=1,
         fp8_scaled=True,
         vision=False,

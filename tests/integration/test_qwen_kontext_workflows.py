@@ -97,6 +97,7 @@ def stand_ins(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
 
     import folder_paths
 
+    from dla_tiny.cache import cached_build, link_tree
     from dla_tiny.flux_text_encoders import build_tiny_clip_l, build_tiny_t5xxl
     from dla_tiny.qwen_image import (
         DIT_READY_TE_CONFIG,
@@ -106,18 +107,26 @@ def stand_ins(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
     )
 
     root = tmp_path_factory.mktemp("qwen-kontext-models")
-    build_tiny_qwen_image_dit(root / "diffusion_models" / "qwen_image_edit_2509_fp8_e4m3fn.safetensors", seed=0)
-    # 3584 wide: the Qwen-Image DiT's text slot is fixed (the loaders build it with DIT_READY_TE_CONFIG too).
-    build_tiny_qwen25vl_te(
-        root / "text_encoders" / "qwen_2.5_vl_7b_fp8_scaled.safetensors", seed=0, config=DIT_READY_TE_CONFIG
+    files = root / "files"  # built here only without $DLA_TINY_MODELS_CACHE
+    link_tree(
+        {
+            "diffusion_models/qwen_image_edit_2509_fp8_e4m3fn.safetensors": cached_build(
+                build_tiny_qwen_image_dit, files, seed=0
+            ),
+            # 3584 wide: the Qwen-Image DiT's text slot is fixed (the loaders build it with DIT_READY_TE_CONFIG too).
+            "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors": cached_build(
+                build_tiny_qwen25vl_te, files, seed=0, config=DIT_READY_TE_CONFIG
+            ),
+            "vae/qwen_image_vae.safetensors": cached_build(build_tiny_qwen_image_vae, files, seed=0),
+            "text_encoders/clip_l.safetensors": cached_build(build_tiny_clip_l, files, seed=0),
+            "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors": cached_build(build_tiny_t5xxl, files, seed=0),
+            "diffusion_models/flux1-dev-kontext_fp8_scaled.safetensors": tiny_models_dir
+            / "diffusion_models"
+            / tiny_names.flux,
+            "vae/ae.safetensors": tiny_models_dir / "vae" / tiny_names.vae,
+        },
+        root,
     )
-    build_tiny_qwen_image_vae(root / "vae" / "qwen_image_vae.safetensors", seed=0)
-    build_tiny_clip_l(root / "text_encoders" / "clip_l.safetensors", seed=0)
-    build_tiny_t5xxl(root / "text_encoders" / "t5xxl_fp8_e4m3fn_scaled.safetensors", seed=0)
-    (root / "diffusion_models" / "flux1-dev-kontext_fp8_scaled.safetensors").symlink_to(
-        tiny_models_dir / "diffusion_models" / tiny_names.flux
-    )
-    (root / "vae" / "ae.safetensors").symlink_to(tiny_models_dir / "vae" / tiny_names.vae)
     shutil.copyfile(comfy.base_dir / "input" / tiny_names.reference, comfy.base_dir / "input" / REFERENCE_IMAGE)
     registered = []
     for folder in ("diffusion_models", "text_encoders", "vae"):

@@ -24,10 +24,11 @@ def qwen_2511(comfy, tmp_path_factory):
     """A tiny Qwen-Image-Edit-2511-style DiT (1 block, with the 2511 marker), loaded by ComfyUI's own loader."""
     import comfy.sd
 
+    from dla_tiny.cache import cached_build
     from dla_tiny.qwen_image import build_tiny_qwen_image_dit
 
-    path = build_tiny_qwen_image_dit(
-        tmp_path_factory.mktemp("qwen-2511") / "qwen_image_edit_2511_tiny.safetensors", seed=0, index_timestep_zero=True
+    path = cached_build(
+        build_tiny_qwen_image_dit, tmp_path_factory.mktemp("qwen-2511"), seed=0, index_timestep_zero=True
     )
     model = comfy.sd.load_diffusion_model(str(path))
     yield model
@@ -49,9 +50,10 @@ def qwen_vae(comfy, tmp_path_factory):
     import comfy.sd
     import comfy.utils
 
+    from dla_tiny.cache import cached_build
     from dla_tiny.qwen_image import build_tiny_qwen_image_vae
 
-    path = build_tiny_qwen_image_vae(tmp_path_factory.mktemp("qwen-vae") / "qwen_image_vae.safetensors", seed=0)
+    path = cached_build(build_tiny_qwen_image_vae, tmp_path_factory.mktemp("qwen-vae"), seed=0)
     return comfy.sd.VAE(sd=comfy.utils.load_torch_file(str(path)))
 
 

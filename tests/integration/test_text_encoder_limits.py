@@ -18,12 +18,12 @@ import torch
 from dla_harness import pack_module
 from tiny_flux2 import comfy_has_flux2_text_encoders
 
+from dla_tiny.cache import cached_build
 from dla_tiny.flux2_text_encoders import (
     COMFY_MISTRAL3_OPTIONS,
     COMFY_QWEN3_OPTIONS,
     build_tiny_mistral3_te,
     build_tiny_qwen3_4b_te,
-    cached_file,
 )
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, TINY_TE_CONFIG, build_tiny_qwen25vl_te
 
@@ -49,7 +49,7 @@ def clips(comfy, tmp_path_factory):
     import comfy.sd
 
     folder = tmp_path_factory.mktemp("text-encoder-limits")
-    qwen = build_tiny_qwen25vl_te(folder / "qwen_2.5_vl_tiny.safetensors", seed=0, vision=False)
+    qwen = cached_build(build_tiny_qwen25vl_te, folder, seed=0, vision=False)
     loaded = {
         "qwen_image": comfy.sd.load_clip(
             [str(qwen)],
@@ -62,7 +62,7 @@ def clips(comfy, tmp_path_factory):
             ("mistral3", build_tiny_mistral3_te, COMFY_MISTRAL3_OPTIONS),
             ("qwen3", build_tiny_qwen3_4b_te, COMFY_QWEN3_OPTIONS),
         ):
-            path = cached_file(f"tiny_{family}_flux2_te.safetensors", build, folder)
+            path = cached_build(build, folder)
             loaded[family] = comfy.sd.load_clip(
                 [str(path)], clip_type=comfy.sd.CLIPType.FLUX2, model_options=copy.deepcopy(options)
             )

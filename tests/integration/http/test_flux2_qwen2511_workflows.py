@@ -80,8 +80,9 @@ def _tiny_files(root: Path) -> dict[tuple[str, str], Path]:
     """
     from tiny_flux2 import build_tiny_flux2
 
+    from dla_tiny.cache import cached_build
     from dla_tiny.flux import build_tiny_flux2_vae
-    from dla_tiny.flux2_text_encoders import build_tiny_mistral3_te, build_tiny_qwen3_4b_te, cached_file
+    from dla_tiny.flux2_text_encoders import build_tiny_mistral3_te, build_tiny_qwen3_4b_te
     from dla_tiny.qwen_image import (
         DIT_READY_TE_CONFIG,
         build_tiny_qwen25vl_te,
@@ -90,27 +91,23 @@ def _tiny_files(root: Path) -> dict[tuple[str, str], Path]:
     )
 
     return {
-        ("diffusion_models", "flux2_dev_fp8mixed.safetensors"): build_tiny_flux2(
-            root / "tiny_flux2_dev.safetensors", seed=0, context_width=FLUX2_DEV_TEXT_WIDTH, guidance=True
+        ("diffusion_models", "flux2_dev_fp8mixed.safetensors"): cached_build(
+            build_tiny_flux2, root, seed=0, context_width=FLUX2_DEV_TEXT_WIDTH, guidance=True
         ),
-        ("diffusion_models", "flux-2-klein-4b-fp8.safetensors"): build_tiny_flux2(
-            root / "tiny_flux2_klein.safetensors", seed=1, context_width=FLUX2_KLEIN_TEXT_WIDTH, guidance=False
+        ("diffusion_models", "flux-2-klein-4b-fp8.safetensors"): cached_build(
+            build_tiny_flux2, root, seed=1, context_width=FLUX2_KLEIN_TEXT_WIDTH, guidance=False
         ),
-        ("text_encoders", "mistral_3_small_flux2_fp8.safetensors"): cached_file(
-            "tiny_mistral3_pruned.safetensors", build_tiny_mistral3_te, root
-        ),
-        ("text_encoders", "qwen_3_4b.safetensors"): cached_file(
-            "tiny_qwen3_4b.safetensors", build_tiny_qwen3_4b_te, root
-        ),
-        ("vae", "flux2-vae.safetensors"): cached_file("tiny_flux2_vae.safetensors", build_tiny_flux2_vae, root),
-        ("diffusion_models", "qwen_image_edit_2511_fp8mixed.safetensors"): build_tiny_qwen_image_dit(
-            root / "tiny_qwen_image_edit_2511.safetensors", seed=0, index_timestep_zero=True
+        ("text_encoders", "mistral_3_small_flux2_fp8.safetensors"): cached_build(build_tiny_mistral3_te, root),
+        ("text_encoders", "qwen_3_4b.safetensors"): cached_build(build_tiny_qwen3_4b_te, root),
+        ("vae", "flux2-vae.safetensors"): cached_build(build_tiny_flux2_vae, root),
+        ("diffusion_models", "qwen_image_edit_2511_fp8mixed.safetensors"): cached_build(
+            build_tiny_qwen_image_dit, root, seed=0, index_timestep_zero=True
         ),
         # 3584 wide: the Qwen-Image DiT's text slot is fixed (the tiny loader builds it with DIT_READY_TE_CONFIG).
-        ("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"): build_tiny_qwen25vl_te(
-            root / "tiny_qwen25vl_te.safetensors", seed=0, config=DIT_READY_TE_CONFIG
+        ("text_encoders", "qwen_2.5_vl_7b_fp8_scaled.safetensors"): cached_build(
+            build_tiny_qwen25vl_te, root, seed=0, config=DIT_READY_TE_CONFIG
         ),
-        ("vae", "qwen_image_vae.safetensors"): build_tiny_qwen_image_vae(root / "tiny_qwen_image_vae.safetensors"),
+        ("vae", "qwen_image_vae.safetensors"): cached_build(build_tiny_qwen_image_vae, root, seed=0),
     }
 
 

@@ -4,8 +4,8 @@
   ``diffusion_models/tiny_flux.safetensors`` (FLUX, BFL layout), ``vae/tiny_ae.safetensors``,
   ``loras/tiny_flux_lora.safetensors``, ``mllm/tiny-internvl`` (+ ``mllm/tiny-qwen25vl``) and
   ``dla/tiny_dla.safetensors`` (made with ``init-dla``; plus checkpoints for another MLLM / another
-  width for error tests). :func:`cached_tiny_models_tree` keeps one per :data:`TINY_TREE_VERSION`
-  and FLUX width under a cache folder (``DLA_TINY_MODELS_CACHE`` in the tests).
+  width for error tests). :func:`cached_tiny_models_tree` keeps one per FLUX width under a cache folder
+  (``DLA_TINY_MODELS_CACHE`` in the tests; ``dla_tiny.cache`` rebuilds it when a builder's source changes).
 * :func:`make_comfy_base_directory` -- a ``--base-directory`` for ComfyUI: ``custom_nodes/`` with a
   symlink to this repository (:data:`PACK_DIR_NAME`), ``models/`` -> the tiny tree, ``input/`` with a
   reference image, and an ``extra_model_paths.yaml``.
@@ -13,14 +13,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 PACK_DIR_NAME = "comfyui-dla-subject"  # the pack's folder under custom_nodes/, as users clone it
-TINY_TREE_VERSION = "4"  # bump when a tiny builder changes
 
 TINY_FLUX = "tiny_flux.safetensors"
 TINY_VAE = "tiny_ae.safetensors"
@@ -118,22 +115,13 @@ def give_dla_a_learned_null(path: Path, seed: int) -> None:
 
 
 def cached_tiny_models_tree(root: str | Path, flux_hidden: int) -> Path:
-    """The tiny tree for ``flux_hidden`` under ``root``, built there once (rebuilt when :data:`TINY_TREE_VERSION`
-    changes); a half-built tree from a killed run is never used."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    models = root / f"tiny-models-v{TINY_TREE_VERSION}-flux{flux_hidden}"
-    marker = models / ".complete"
-    if not marker.is_file():
-        if models.exists():
-            shutil.rmtree(models)
-        staging = root / f".tiny-models-building-{os.getpid()}"
-        if staging.exists():
-            shutil.rmtree(staging)
-        build_tiny_models_tree(staging, flux_hidden=flux_hidden)
-        (staging / ".complete").write_text(TINY_TREE_VERSION)
-        staging.rename(models)
-    return models
+    """The tiny tree for ``flux_hidden``, built once under ``root`` (``dla_tiny.cache``: rebuilt when a builder's
+    source changes, a half-built tree from a killed run never used, old trees pruned)."""
+    from dla_tiny.cache import cached_path
+
+    return cached_path(
+        f"tiny-models-flux{flux_hidden}", lambda path: build_tiny_models_tree(path, flux_hidden), root, root=root
+    )
 
 
 def write_reference_image(path: Path, size: tuple[int, int] = (64, 64), seed: int = 0) -> Path:

@@ -23,16 +23,12 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
-import uuid
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .files import write_safetensors
 
-BUILDERS_VERSION = "1"  # bump when a builder below changes (cached files are rebuilt)
 HEAD_DIM = 128  # fixed by ComfyUI's configs
 
 MISTRAL3_WIDTH = 5120
@@ -139,20 +135,3 @@ def build_tiny_qwen3_4b_te(path: str | Path, seed: int = 0) -> Path:
     inter = COMFY_QWEN3_OPTIONS["qwen3_4b_model_config"]["intermediate_size"]
     state = _llama_state(generator, QWEN3_4B_WIDTH, QWEN3_LAYERS, QWEN3_VOCAB, inter, qk_norm=True, final_norm=True)
     return write_safetensors(path, {key: value.to(torch.bfloat16) for key, value in state.items()})
-
-
-def cached_file(name: str, build: Callable[[Path], Path], fallback_dir: Path) -> Path:
-    """``build(path)`` once, under ``$DLA_TINY_MODELS_CACHE/flux2-te-v<N>/`` when set, else ``fallback_dir``.
-
-    The file is written under a temporary name and renamed, so a cache shared by parallel
-    sessions never holds half a file.
-    """
-    cache = os.environ.get("DLA_TINY_MODELS_CACHE")
-    folder = Path(cache) / f"flux2-te-v{BUILDERS_VERSION}" if cache else Path(fallback_dir)
-    path = folder / name
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f".{name}.{uuid.uuid4().hex}.partial.safetensors"
-        build(partial)
-        os.replace(partial, path)
-    return path
