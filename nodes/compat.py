@@ -1,9 +1,10 @@
-"""What the running ComfyUI can do, and the one line the pack logs when a model family is missing.
+"""What the running ComfyUI can do, and the one line the pack gives when a model family is missing.
 
 The pack supports ComfyUI 0.3.64 onwards. FLUX.2 [dev] arrived in ComfyUI 0.3.72 and FLUX.2
 [klein] (Qwen3 text encoder) in 0.9.2; Qwen-Image-Edit-2511's ``index_timestep_zero`` placement
 later than 0.3.64 too. On an older ComfyUI everything else keeps working; the FLUX.2 workflows
-cannot load there (ComfyUI's own loaders lack the model types), and the pack says so once, at load.
+cannot load there (ComfyUI's own loaders lack the model types), and the pack says so once, at load;
+its FLUX.2 nodes raise the same line when run there.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ def comfy_has_flux2() -> bool:
 
 
 def flux2_missing_message() -> str:
-    """The one line for a ComfyUI without FLUX.2."""
+    """The one line for a ComfyUI without FLUX.2: logged once at load, raised by every FLUX.2 node of the pack."""
     return (
-        f"DLA: this ComfyUI ({comfyui_version()}) has no FLUX.2; the FLUX.2 workflows need ComfyUI >= "
-        f"{FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}). FLUX.1, FLUX Kontext and Qwen-Image-Edit "
-        "staging work here."
+        f"FLUX.2 needs ComfyUI >= {FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}); this ComfyUI is "
+        f"{comfyui_version()} and has no FLUX.2. Update ComfyUI for the DLA pack's FLUX.2 nodes and workflows; "
+        "FLUX.1, FLUX Kontext and Qwen-Image-Edit staging work here."
     )
 
 

@@ -34,7 +34,7 @@ from comfy_api.latest import io
 from ..dla_core.dla import TARGETS
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
-from .compat import FLUX2_MIN_COMFYUI, KLEIN_MIN_COMFYUI, comfyui_version
+from .compat import flux2_missing_message
 from .input_checks import checked_widgets
 from .progress import check_interrupt, interrupt_between
 from .qwen_clip import check_clip_prompt, snapshot
@@ -52,14 +52,6 @@ LOAD_HINT = (
     "Load FLUX.2's text encoder with a 'Load CLIP' (CLIPLoader) node set to type 'flux2' (FLUX.2 [dev]: "
     "mistral_3_small_flux2_*.safetensors; FLUX.2 [klein]: qwen_3_4b / qwen_3_8b)."
 )
-
-
-def needs_newer_comfyui_message() -> str:
-    """The one line a ComfyUI without FLUX.2 gets from every FLUX.2 node of the pack."""
-    return (
-        f"FLUX.2 needs ComfyUI >= {FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}); this ComfyUI is "
-        f"{comfyui_version()}. Update ComfyUI."
-    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,7 +73,7 @@ def comfy_flux2_modules(clip) -> dict:
 
     flux2_te_class = getattr(comfy_flux, "Flux2TEModel", None)
     if flux2_te_class is None:
-        raise DLAInputError(needs_newer_comfyui_message())
+        raise DLAInputError(flux2_missing_message())
     cond_model = getattr(clip, "cond_stage_model", None)
     if cond_model is None or not hasattr(clip, "tokenize"):
         raise DLAInputError(f"The 'clip' input is not a ComfyUI CLIP (got {type(clip).__name__}). {LOAD_HINT}")

@@ -13,6 +13,7 @@ asserts the pack's one-line "needs ComfyUI >= ..." error instead.
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROMPT = "a red fox sitting on a mossy rock, morning light"
 NEEDS_NEWER = (
     r"^FLUX\.2 needs ComfyUI >= 0\.3\.72 \(FLUX\.2 \[klein\]: >= 0\.9\.2\); "
-    r"this ComfyUI is [0-9][^ ]*\. Update ComfyUI\.$"
+    r"this ComfyUI is [0-9][^ ]* and has no FLUX\.2\. Update ComfyUI"
 )
 # encoder -> (file builder, model options, family, decoder layers, native layers, target)
 ENCODERS = {
@@ -89,15 +90,14 @@ def _refused_for_old_comfyui(pack, errors, clip=None) -> bool:
 def test_a_comfyui_without_flux2_gets_one_clear_version_line(pack, errors):
     import comfyui_version
 
+    message = pack_module("nodes.compat").flux2_missing_message()  # the line the pack also logs at load
+    assert re.match(NEEDS_NEWER, message) and f"this ComfyUI is {comfyui_version.__version__} " in message
+    assert "\n" not in message
     if comfy_has_flux2_text_encoders():
-        assert pack.needs_newer_comfyui_message().endswith(
-            f"this ComfyUI is {comfyui_version.__version__}. Update ComfyUI."
-        )
         return
     with pytest.raises(errors.DLAInputError, match=NEEDS_NEWER) as info:
         pack.DLAFlux2TextEncode.execute(object(), PROMPT)
-    assert f"this ComfyUI is {comfyui_version.__version__}." in str(info.value)
-    assert "\n" not in str(info.value)
+    assert str(info.value) == message
 
 
 def test_comfy_internals_the_flux2_capture_reads_are_where_expected(pack, errors, encoded):
