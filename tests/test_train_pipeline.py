@@ -34,38 +34,13 @@ def one_thread():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, one_thread):
     """Tiny models, data set and base config (dict) with everything relative to ``root``."""
+    from dla_train_helpers import tiny_run_config
+
     from dla_core.train.tiny_setup import build_tiny_training_world
 
     root = build_tiny_training_world(tmp_path_factory.mktemp("train_world"), num_samples=NUM_SAMPLES, seed=0)
-    raw = {
-        "model": {
-            "mllm": "mllm",
-            "flux": "flux",
-            "vae": "vae",
-            "init_dla": "init_dla.safetensors",
-            "mllm_dtype": "float32",
-        },
-        "data": {
-            "manifest": "manifest.jsonl",
-            "cache_dir": "cache",
-            "resolution": 32,
-            "reference_size": 32,
-            "shard_size": SHARD_SIZE,
-        },
-        "lora": {"rank": 8},
-        "train": {
-            "output_dir": "out",
-            "stage1_steps": 20,
-            "stage2_steps": 20,
-            "batch_size": 2,
-            "mixed_precision": "no",
-            "lr_lora": 1e-2,
-            "lr_dla": 1e-3,
-            "checkpoint_every": 100,
-            "progress_bar": False,
-            "seed": 0,
-        },
-    }
+    raw = tiny_run_config()
+    assert raw["data"]["shard_size"] == SHARD_SIZE
     return root, raw
 
 
@@ -304,3 +279,86 @@ def test_example_configs_are_valid(name):
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
     assert config.total_steps == (35_000 if name == "train_paper.yaml" else 40)
+
+
+def _export_files(folder: Path) -> dict:
+    """name -> (tensors, metadata) of an export folder's DLA and LoRA files."""
+    from safetensors import safe_open
+
+    from dla_core.train.export import DLA_FILE, LORA_FILE
+
+    files = {}
+    for name in (DLA_FILE, LORA_FILE):
+        with safe_open(str(folder / name), framework="pt") as handle:
+            files[name] = ({key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata())
+    return files
+
+
+def _assert_same_export(ours: Path, theirs: Path) -> None:
+    a, b = _export_files(ours), _export_files(theirs)
+    for name in a:
+        (tensors, metadata), (other_tensors, other_metadata) = a[name], b[name]
+        assert metadata == other_metadata, name
+        assert tensors.keys() == other_tensors.keys()
+        assert all(torch.equal(tensors[key], other_tensors[key]) for key in tensors), name
+
+
+def test_export_works_after_the_feature_cache_is_deleted(prepared, world, tmp_path):
+    import shutil
+
+    from dla_core.train.__main__ import main as train_main
+    from dla_core.train.data import CachedFeatureDataset
+    from dla_core.train.export import RUN_FEATURES_FILE
+    from dla_core.train.trainer import train
+
+    cache = tmp_path / "cache"
+    shutil.copytree(prepared.data.cache_dir, cache)
+    root, raw = world
+    raw = json.loads(json.dumps(raw))
+    raw["data"]["cache_dir"] = str(cache)
+    raw["train"].update(output_dir=str(tmp_path / "run"), stage1_steps=1, stage2_steps=1)
+    config = config_from_dict(raw, base_dir=root)
+    result = train(config)
+    stored = json.loads((tmp_path / "run" / RUN_FEATURES_FILE).read_text())
+    assert stored == CachedFeatureDataset(cache).feature_meta
+    shutil.rmtree(cache)
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
+    assert train_main(["export", "--config", str(config_file), "--out", str(tmp_path / "export")]) == 0
+    _assert_same_export(tmp_path / "export", result.export_dir)
+
+
+def test_export_of_a_run_from_before_runs_stored_their_features_reads_the_cache(full_run, tmp_path):
+    import shutil
+
+    from dla_core.errors import DLAInputError
+    from dla_core.train.export import RUN_FEATURES_FILE, export_checkpoint
+
+    config, result = full_run
+    old_run = tmp_path / "old_run"
+    shutil.copytree(config.train.output_dir, old_run)
+    (old_run / RUN_FEATURES_FILE).unlink()
+    raw = config.to_dict()
+    raw["train"]["output_dir"] = str(old_run)
+    export_checkpoint(config_from_dict(raw), None, tmp_path / "export")
+    _assert_same_export(tmp_path / "export", result.export_dir)
+    raw["data"]["cache_dir"] = str(tmp_path / "deleted_cache")
+    with pytest.raises(DLAInputError, match=f"has no {RUN_FEATURES_FILE} .*Prepare the cache again"):
+        export_checkpoint(config_from_dict(raw), None, tmp_path / "export_without_cache")
+
+
+def test_a_cache_from_another_mllm_is_refused_before_training_with_the_inference_message(prepared, tmp_path):
+    from dla_core.checkpoint import init_dla, save_dla
+    from dla_core.errors import DLACheckpointError
+    from dla_core.spec import MLLMSpec
+    from dla_core.train.trainer import preflight
+
+    other = save_dla(init_dla(MLLMSpec("qwen2_5_vl", 5, 48), target="flux", seed=0), tmp_path / "other.safetensors")
+    raw = prepared.to_dict()
+    raw["model"]["init_dla"] = str(other)
+    with pytest.raises(
+        DLACheckpointError,
+        match=r"DLA checkpoint expects 5 layers of width 48 \(qwen2_5_vl\); the MLLM the cache .* was prepared with "
+        r"gives \d+ of width \d+ \(internvl\): load the DLA trained for this MLLM",
+    ):
+        preflight(config_from_dict(raw))

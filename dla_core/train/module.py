@@ -25,6 +25,11 @@ from .config import DLATrainingConfig
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
 TRAINABLE_FILE = "trainable.safetensors"
+# Crash-safe checkpoints: written into checkpoints/.partial-step-N, the marker last, then renamed to step-N.
+CHECKPOINT_COMPLETE = "checkpoint-complete.json"
+PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"  # a step-N being replaced (a resumed run that reaches step N again)
+LEGACY_CHECKPOINT_FILES = ("optimizer.bin", "scheduler.bin", "random_states_0.pkl")  # accelerate's, before the marker
 
 # Dropout event codes, per sample.
 KEEP_BOTH, MLLM_OFF, IDENTITY_OFF, BOTH_OFF = 0, 1, 2, 3
@@ -167,8 +172,32 @@ def load_trainable(module: nn.Module, path: Path) -> None:
             params[name].copy_(state[name].to(params[name].dtype))
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / CHECKPOINT_DIR
+def checkpoint_is_complete(folder: Path) -> bool:
+    """True for a checkpoint the trainer finished writing: its :data:`CHECKPOINT_COMPLETE` marker (written last,
+    before the folder is moved into place), or, for a run from before the marker, every file accelerate writes."""
+    folder = Path(folder)
+    if (folder / CHECKPOINT_COMPLETE).is_file():
+        return True
+    return all((folder / name).is_file() for name in (TRAINABLE_FILE, *LEGACY_CHECKPOINT_FILES))
+
+
+def _checkpoint_folders(output_dir: Path) -> list[Path]:
+    root = Path(output_dir) / CHECKPOINT_DIR
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first (``checkpoints/step-NNNNNNN``)."""
+    return [p for p in _checkpoint_folders(output_dir) if checkpoint_is_complete(p)]
+
+
+def list_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Folders a run killed while writing a checkpoint left behind: ``step-*`` without the marker (written by an
+    older trainer in place) and the trainer's own temporary ``.partial-step-*`` / ``.replaced-step-*`` folders."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    leftovers = [p for p in root.iterdir() if p.is_dir() and p.name.startswith((PARTIAL_PREFIX, REPLACED_PREFIX))]
+    return sorted([p for p in _checkpoint_folders(output_dir) if not checkpoint_is_complete(p)] + leftovers)

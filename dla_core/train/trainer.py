@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -47,29 +49,36 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import read_dla_config
+from ..dla import check_mllm_compatible
 from ..dtypes import DTYPES
 from ..errors import DLAInputError
 from ..flux.sampling import calculate_mu
 from ..spec import MLLMSpec
 from .config import DLATrainingConfig, require_paths
-from .data import CachedFeatureDataset, collate_samples
-from .export import export_module
+from .data import CachedFeatureDataset, collate_samples, write_json_atomic
+from .export import export_module, save_run_features
 from .module import (
     BOTH_OFF,
+    CHECKPOINT_COMPLETE,
     CHECKPOINT_DIR,
     CHECKPOINT_PREFIX,
     IDENTITY_OFF,
     KEEP_BOTH,
     MLLM_OFF,
+    PARTIAL_PREFIX,
+    REPLACED_PREFIX,
     TRAINABLE_FILE,
     DLAFluxTrainModule,
     add_lora,
     build_module,
+    checkpoint_is_complete,
     list_checkpoints,
+    list_incomplete_checkpoints,
     load_trainable,
     trainable_state_dict,
 )
 
+logger = logging.getLogger(__name__)
 LOSS_CSV = "loss.csv"
 
 __all__ = [  # the module's own API plus the names of .module it re-exports for callers of the trainer
@@ -90,7 +99,9 @@ __all__ = [  # the module's own API plus the names of .module it re-exports for 
     "TrainingRun",
     "add_lora",
     "build_module",
+    "checkpoint_is_complete",
     "list_checkpoints",
+    "list_incomplete_checkpoints",
     "load_trainable",
     "preflight",
     "resolve_resume",
@@ -226,23 +237,13 @@ def preflight(config: DLATrainingConfig):
     dataset = CachedFeatureDataset(config.data.cache_dir)
     dla_config = read_dla_config(config.model.init_dla)
     meta = dataset.feature_meta
-    spec = MLLMSpec(meta["family"], int(meta["num_layers"]), int(meta["width"]), meta.get("model_name", ""))
-    if (spec.family, spec.num_layers, spec.width) != (
-        dla_config.mllm_family,
-        dla_config.num_layers,
-        dla_config.mllm_width,
-    ):
-        raise DLAInputError(
-            f"The init DLA '{config.model.init_dla}' expects {dla_config.mllm_spec().describe()}, but the cache was "
-            "prepared with "
-            f"{spec.describe()}. Run `python -m dla_core init-dla` for the MLLM you prepared with, or prepare again."
-        )
-    missing = [layer for layer in dla_config.used_layers if layer not in meta["layer_indices"]]
-    if missing:
-        raise DLAInputError(
-            f"The DLA reads MLLM layers {missing} that the cache does not hold (data.mllm_layers). Prepare again with "
-            "all layers."
-        )
+    check_mllm_compatible(
+        dla_config,
+        MLLMSpec(meta["family"], int(meta["num_layers"]), int(meta["width"]), meta.get("model_name", "")),
+        held_layers=meta["layer_indices"],
+        source=f"the MLLM the cache '{config.data.cache_dir}' was prepared with",
+        fix_missing="Prepare the cache again keeping these layers (data.mllm_layers).",
+    )
     flux_path = Path(config.model.flux)
     config_file = next(
         (p for p in (flux_path / "transformer" / "config.json", flux_path / "config.json") if p.is_file()), None
@@ -262,17 +263,36 @@ def preflight(config: DLATrainingConfig):
 
 
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    """``None`` (fresh), ``"latest"`` (newest checkpoint, or fresh if none) or a checkpoint folder."""
+    """``None`` (fresh), ``"latest"`` (newest complete checkpoint, or fresh if none) or a checkpoint folder.
+
+    ``"latest"`` skips folders a killed run left half-written, naming them in a warning; an explicit
+    folder that is incomplete is refused, naming the newest complete one.
+    """
     if resume is None:
         return None
+    found = list_checkpoints(output_dir)
     if resume == "latest":
-        found = list_checkpoints(output_dir)
+        skipped = list_incomplete_checkpoints(output_dir)
+        if skipped:
+            logger.warning(
+                "resume: ignored %d incomplete checkpoint folder(s) a stopped run left while writing them: %s; "
+                "resuming from %s",
+                len(skipped),
+                ", ".join(str(p) for p in skipped),
+                found[-1] if found else "the start (no complete checkpoint)",
+            )
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / TRAINABLE_FILE).is_file():
+    if not (path / TRAINABLE_FILE).is_file() and not path.name.startswith(CHECKPOINT_PREFIX):
         raise DLAInputError(
             f"'{resume}' is not a training checkpoint (no {TRAINABLE_FILE}). Use a folder under "
             f"{output_dir / CHECKPOINT_DIR} or 'latest'."
+        )
+    if not checkpoint_is_complete(path):
+        newest = f"the newest complete one is {found[-1]}" if found else "this run has no complete checkpoint yet"
+        raise DLAInputError(
+            f"'{resume}' is an incomplete checkpoint (the run stopped while writing it; no {CHECKPOINT_COMPLETE}): "
+            f"{newest}. Use --resume latest, which skips incomplete folders."
         )
     return path
 
@@ -382,7 +402,8 @@ def setup_training(
     )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        write_json_atomic(output_dir / "config.json", config.to_dict())
+        save_run_features(output_dir, dataset.feature_meta)  # export works after the cache is deleted
         _truncate_csv(run.csv_path, start_step)
         if t.tensorboard:
             accelerator.init_trackers("dla_train", config=_flat(config.to_dict()))
@@ -486,12 +507,35 @@ def train(
 
 
 def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
-    folder = output_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}{step:07d}"
-    accelerator.save_state(str(folder))
+    """Write the checkpoint of ``step`` so that a kill at any moment leaves the previous ones usable.
+
+    Every process writes into ``checkpoints/.partial-step-N``; then the main process adds the
+    :data:`CHECKPOINT_COMPLETE` marker and renames the folder to ``step-N`` (a rename is atomic), and only
+    after that removes checkpoints beyond ``keep`` and what killed runs left. ``--resume latest`` only
+    ever sees complete folders.
+    """
+    root = output_dir / CHECKPOINT_DIR
+    final = root / f"{CHECKPOINT_PREFIX}{step:07d}"
+    partial = root / f"{PARTIAL_PREFIX}{final.name}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for old in list_checkpoints(output_dir)[:-keep]:
+        marker = partial / CHECKPOINT_COMPLETE
+        with marker.open("w", encoding="utf-8") as handle:
+            json.dump({"step": step, "files": sorted(p.name for p in partial.iterdir())}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if final.exists():  # a resumed run reaching this step again: move the old one aside first
+            replaced = root / f"{REPLACED_PREFIX}{final.name}"
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
+        os.replace(partial, final)
+        for old in list_checkpoints(output_dir)[:-keep] + list_incomplete_checkpoints(output_dir):
             shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _to_device(batch: dict, device) -> dict:
