@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -328,10 +328,9 @@ class DLAConditioning:
         )
 
 
-def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int) -> str:
+def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: int, source: str) -> str:
     message = (
-        f"DLA checkpoint expects {config.mllm_spec().describe()}; the connected MLLM gives {num_layers} of width "
-        f"{width} "
+        f"DLA checkpoint expects {config.mllm_spec().describe()}; {source} gives {num_layers} of width {width} "
         f"({family}): load the DLA trained for this MLLM or run `python -m dla_core init-dla` for it"
     )
     fitting = targets_for_features(family, width)
@@ -343,6 +342,33 @@ def _mismatch_message(config: DLAConfig, family: str, num_layers: int, width: in
             f"`init-dla --target {fitting[0]}`, or encode with the text encoder of the model this DLA is for"
         )
     return message
+
+
+def check_mllm_compatible(
+    config: DLAConfig,
+    mllm: MLLMSpec,
+    held_layers: Sequence[int] | None = None,
+    source: str = "the connected MLLM",
+    fix_missing: str = "Encode again keeping all layers (or at least these).",
+) -> None:
+    """Raise unless the hidden states of ``mllm`` fit the DLA of ``config``: the one check of inference and training.
+
+    Family, layer count and width must be the DLA's (:class:`DLACheckpointError` naming both sides and the fix;
+    ``source`` names where the MLLM's states come from). With ``held_layers`` (the layer indices features or a
+    feature cache hold) every layer the DLA reads must be among them (:class:`DLAInputError`, ``fix_missing``).
+    Reads only the config: a trainer checks a checkpoint's config before any weight loads.
+    """
+    if (mllm.family, mllm.num_layers, mllm.width) != (config.mllm_family, config.num_layers, config.mllm_width):
+        raise DLACheckpointError(_mismatch_message(config, mllm.family, mllm.num_layers, mllm.width, source))
+    if held_layers is None:
+        return
+    held = list(held_layers)
+    missing = [layer for layer in config.used_layers if layer not in held]
+    if missing:
+        raise DLAInputError(
+            f"The DLA reads MLLM layers {config.used_layers} but the features hold only layers {held} "
+            f"(missing {missing}). {fix_missing}"
+        )
 
 
 class DualLayerAggregation(nn.Module):
@@ -411,21 +437,18 @@ class DualLayerAggregation(nn.Module):
         """Raise :class:`DLACheckpointError` unless the MLLM matches the one this DLA was built for.
 
         Compares family, layer count and width; for features also checks that every layer
-        the DLA reads is present (features may hold a subset of layers).
+        the DLA reads is present (features may hold a subset of layers). See :func:`check_mllm_compatible`.
         """
-        config = self.config
         if isinstance(features_or_spec, MLLMSpec):
-            family, num_layers, width = features_or_spec.family, features_or_spec.num_layers, features_or_spec.width
+            check_mllm_compatible(self.config, features_or_spec)
         elif isinstance(features_or_spec, MLLMFeatures):
-            family, num_layers, width = features_or_spec.family, features_or_spec.num_layers, features_or_spec.width
+            features = features_or_spec
+            check_mllm_compatible(self.config, MLLMSpec(features.family, features.num_layers, features.width))
+            self._feature_layer_positions(features)
         else:
             raise DLAInputError(
                 f"check_compatible takes MLLMFeatures or an MLLMSpec, got {type(features_or_spec).__name__}."
             )
-        if (family, num_layers, width) != (config.mllm_family, config.num_layers, config.mllm_width):
-            raise DLACheckpointError(_mismatch_message(config, family, num_layers, width))
-        if isinstance(features_or_spec, MLLMFeatures):
-            self._feature_layer_positions(features_or_spec)
 
     def _feature_layer_positions(self, features: MLLMFeatures) -> list[int]:
         # Where each layer the DLA reads sits in features.hidden_states' layer axis.
@@ -435,13 +458,10 @@ class DualLayerAggregation(nn.Module):
                 f"MLLM features list {len(held)} layer indices but hold {features.hidden_states.shape[1]} layers; "
                 "the encoder output is inconsistent."
             )
+        check_mllm_compatible(
+            self.config, MLLMSpec(features.family, features.num_layers, features.width), held_layers=held
+        )
         position = {layer: pos for pos, layer in enumerate(held)}
-        missing = [layer for layer in self.config.used_layers if layer not in position]
-        if missing:
-            raise DLAInputError(
-                f"The DLA reads MLLM layers {self.config.used_layers} but the features hold only layers {held} "
-                f"(missing {missing}). Encode again keeping all layers (or at least these)."
-            )
         return [position[layer] for layer in self.config.used_layers]
 
     # ------------------------------------------------------------------ forward

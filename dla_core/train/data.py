@@ -9,6 +9,7 @@ bad manifest fails in seconds, before any model is loaded.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,18 @@ CACHE_INDEX = "cache.json"
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write ``data`` as JSON so that a reader sees the old file or the new one, never a half-written one.
+
+    Written beside ``path`` under a name of this process, then moved over it (``os.replace`` is atomic);
+    several processes may write the same content at once.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ via ``comfy.utils.flux_to_diffusers``: q/k/v become slices of the fused qkv weig
 ``load_lora_weights`` / ``load_lora_adapter`` read them directly. The LoRA scale ``alpha / rank`` is
 folded into ``lora_B`` and no ``alpha`` tensors are written, so every loader applies exactly the
 trained delta at strength 1.0. Metadata: ``format``, ``rank``, ``alpha``, ``target_modules``.
+
+A run needs only its own folder to be exported: training stores the feature cache's metadata (MLLM
+family, layer count, width, layers held) there as ``features.json``, so the cache can be deleted after
+training. A run from before that file reads it from the cache.
 """
 
 from __future__ import annotations
@@ -19,12 +23,34 @@ from safetensors.torch import save_file
 
 from ..checkpoint import save_dla
 from ..errors import DLAInputError
-from .data import CachedFeatureDataset
+from .data import CachedFeatureDataset, write_json_atomic
 from .module import TRAINABLE_FILE, build_module, list_checkpoints, load_trainable
 
 LORA_FORMAT = "comfyui-dla-subject/flux-lora"
 DLA_FILE = "dla.safetensors"
 LORA_FILE = "lora.safetensors"
+RUN_FEATURES_FILE = "features.json"  # in the run's output_dir: the feature cache's metadata
+
+
+def save_run_features(output_dir: str | Path, feature_meta: dict) -> Path:
+    """Store the feature cache's metadata with the run (written when training starts), for :func:`run_features`."""
+    path = Path(output_dir) / RUN_FEATURES_FILE
+    write_json_atomic(path, feature_meta)
+    return path
+
+
+def run_features(config) -> dict:
+    """The feature metadata a run was trained on: stored with the run, or, for an older run, the cache's."""
+    stored = Path(config.train.output_dir) / RUN_FEATURES_FILE
+    if stored.is_file():
+        return json.loads(stored.read_text())
+    try:
+        return CachedFeatureDataset(config.data.cache_dir).feature_meta
+    except DLAInputError as exc:
+        raise DLAInputError(
+            f"The run in '{stored.parent}' has no {RUN_FEATURES_FILE} (trained before runs stored it), so export needs "
+            f"its feature cache, which is unusable: {exc} Prepare the cache again with the run's config to export it."
+        ) from exc
 
 
 def lora_state_dict(transformer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -103,7 +129,6 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     if not (checkpoint / TRAINABLE_FILE).is_file():
         raise DLAInputError(f"'{checkpoint}' holds no {TRAINABLE_FILE}: not a checkpoint of this trainer.")
-    meta = CachedFeatureDataset(config.data.cache_dir).feature_meta
-    module = build_module(config, meta)
+    module = build_module(config, run_features(config))
     load_trainable(module, checkpoint / TRAINABLE_FILE)
     return export_module(module, config, out_dir, lora_dtype)

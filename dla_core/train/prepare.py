@@ -41,7 +41,7 @@ from ..errors import DLAInputError
 from ..flux.weights import load_flux_vae
 from ..mllm import encode_joint, load_mllm
 from .config import DLATrainingConfig, require_paths
-from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name
+from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name, write_json_atomic
 
 CACHE_VERSION = 1
 
@@ -190,9 +190,7 @@ def _write_index(cache_dir: Path, fingerprint: str, records: list[ManifestRecord
         "resolution": config.data.resolution,
         "reference_size": config.data.reference_size,
     }
-    tmp = cache_dir / f".{CACHE_INDEX}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, cache_dir / CACHE_INDEX)  # atomic; every rank writes the same content
+    write_json_atomic(cache_dir / CACHE_INDEX, index)  # every rank writes the same content
 
 
 def check_cache_compatible(cache_dir: Path, fingerprint: str) -> None:
