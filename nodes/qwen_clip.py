@@ -39,9 +39,10 @@ MAX_REFERENCE_INPUTS = 6
 
 
 # ----------------------------------------------------------------------------------------
-# The ONE place that touches ComfyUI internals. tests/integration/test_qwen_clip.py
-# ::test_comfy_internals_the_layer_capture_reads_are_where_expected pins every attribute used
-# here, so a ComfyUI refactor fails that test loudly.
+# The one place that touches ComfyUI's Qwen2.5-VL text-encoder internals (down to the next rule: its module
+# tree, the arguments of the forwards the capture hooks, the vision tower's weights; nodes/flux2_clip.py has
+# FLUX.2's). tests/integration/test_qwen_clip.py::test_comfy_internals_the_layer_capture_reads_are_where_expected
+# pins every attribute used here, so a ComfyUI refactor fails that test loudly.
 # ----------------------------------------------------------------------------------------
 def comfy_qwen_modules(clip) -> dict:
     """Locate the parts of ComfyUI's Qwen2.5-VL text encoder that the layer capture hooks.

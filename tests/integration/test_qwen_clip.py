@@ -252,7 +252,7 @@ def test_a_model_in_the_clip_socket_gives_a_clear_error(pack, input_error):
 
 
 def test_comfy_internals_the_layer_capture_reads_are_where_expected(pack, qwen_clip):
-    """Fails loudly when ComfyUI reshapes its Qwen2.5-VL text encoder (the one internal the pack touches)."""
+    """Fails loudly when ComfyUI reshapes its Qwen2.5-VL text encoder (the internals nodes/qwen_clip.py reads)."""
     modules = pack.comfy_qwen_modules(qwen_clip)
     assert len(modules["layers"]) == TINY_TE_CONFIG["num_hidden_layers"]
     assert modules["visual"] is not None
