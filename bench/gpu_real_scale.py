@@ -531,7 +531,7 @@ class Pipeline:
         self.comfy_nodes, self.pack, self.scale = comfy_nodes, pack, scale
         self.mllm_nodes, self.dla_nodes = pack("nodes.mllm_nodes"), pack("nodes.dla_nodes")
         self.identity_nodes, self.sampler_nodes = pack("nodes.identity_nodes"), pack("nodes.sampler_nodes")
-        self.staged_sampling = pack("nodes.staged_sampling")
+        self.staged_guider = pack("nodes.staged_guider")
         self.mllm_handle, self.dla_handle, self.vae, self.model = mllm_handle, dla_handle, vae, model
         self.reference, self.prompt = reference, prompt
         side = scale.image_side
@@ -551,24 +551,24 @@ class Pipeline:
         )[0]
 
     def staged(self, positive, identity, tau1, tau2):
+        settings = self.staged_guider.KSamplerSettings(
+            seed=SEED, steps=self.scale.steps, sampler_name=SAMPLER, scheduler=SCHEDULER, denoise=1.0
+        )
         return self.sampler_nodes.staged_ksample(
-            self.model,
-            SEED,
-            self.scale.steps,
-            1.0,
-            SAMPLER,
-            SCHEDULER,
-            positive,
-            self.latent,
-            1.0,
-            tau1,
-            tau2,
+            model=self.model,
+            positive=positive,
+            latent=self.latent,
+            settings=settings,
+            cfg=1.0,
+            tau1=tau1,
+            tau2=tau2,
             identity=identity,
         )
 
     def with_reference(self, positive, identity):
         """Stage 2's conditioning (MLLM + reference latents), what a native sampler gets at every step."""
-        return self.staged_sampling.stage_conditionings(positive, None, identity)[2][0]
+        positives, _ = self.staged_guider.stage_conditionings(positive, None, identity)
+        return positives[2]
 
     def image(self):
         """One image end to end: encode, aggregate, identity, staged sampling (tau .95/.85), VAE decode."""

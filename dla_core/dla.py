@@ -25,6 +25,8 @@ sequence of ``null_length`` tokens (default 16) plus a learned null pooled vecto
 the checkpoint. Both start at zero, i.e. exactly what ComfyUI's ConditioningZeroOut gives a
 FLUX user today, and training moves them. 16 tokens: long enough to carry a learned "no
 instruction" signal, short enough to cost nothing in the DiT's joint attention.
+
+:func:`strip_padding` trims that right padding for a DiT that cannot mask it (FLUX).
 """
 
 from __future__ import annotations
@@ -600,3 +602,26 @@ class DualLayerAggregation(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def strip_padding(tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Drop right padding from DLA tokens: ``[batch, tokens, width]`` -> ``[batch, valid, width]``.
+
+    FLUX's joint attention has no text-token mask, so padded positions would be attended to
+    like real tokens; every sample of a batch must therefore have the same number of valid
+    tokens. Raises :class:`DLAInputError` when they differ.
+    """
+    counts = token_mask.sum(dim=1)  # [batch]
+    if counts.numel() == 0:
+        raise DLAInputError("The DLA produced an empty batch; encode at least one prompt.")
+    if bool((counts != counts[0]).any()):
+        raise DLAInputError(
+            f"The samples of this MLLM batch give different token counts ({counts.tolist()}); FLUX cannot mask padded "
+            "text tokens, so they cannot share one conditioning. Encode each prompt/reference set with its own "
+            "MLLM Joint Encode node (or use references of the same size) and sample them separately."
+        )
+    valid = int(counts[0])
+    expected = torch.arange(tokens.shape[1], device=token_mask.device)[None, :] < valid
+    if not bool((token_mask == expected).all()):
+        raise DLAInputError("DLA token mask is not right-padded; the DLA output is inconsistent.")
+    return tokens[:, :valid]

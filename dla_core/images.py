@@ -3,7 +3,8 @@
 Accepts ComfyUI ``IMAGE`` tensors (``[batch, height, width, channels]`` float in 0..1),
 single ``[height, width, channels]`` tensors, PIL images, or lists of these. Everything
 else, and every image the MLLM cannot read faithfully, raises :class:`DLAInputError`
-with a message that says how to fix it.
+with a message that says how to fix it. :func:`identity_resolution` is the pixel size a reference is
+VAE-encoded at (aspect kept, sides multiples of 16, area capped).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .checks import check_image_pixels
 from .errors import DLAInputError
 
 MIN_IMAGE_SIDE = 8  # px; below this no vision encoder sees anything useful
+IDENTITY_MULTIPLE = 16  # px; FLUX latents are 1/8 of the image and patchified 2x2
+MAX_IDENTITY_MEGAPIXELS = 16.0  # beyond this a reference is surely a mistake (and would not fit a GPU)
 _RANGE_SLACK = 1e-3  # float images slightly outside 0..1 from resampling are clamped, not refused
 
 
@@ -168,3 +171,32 @@ def resize_for_mllm(image: Image.Image, max_side: int | None = None, pixels: int
     if new_size == (width, height):
         return image
     return image.resize(new_size, Image.Resampling.BICUBIC)
+
+
+def identity_resolution(
+    width: int, height: int, megapixels: float, upscale: bool = False, multiple: int = IDENTITY_MULTIPLE
+) -> tuple[int, int]:
+    """Width and height (px) to encode a ``width`` x ``height`` reference at.
+
+    The aspect ratio is kept; the area is scaled to at most ``megapixels`` million pixels
+    (exactly that when ``upscale`` is true, also enlarging small images); each side is then
+    rounded to the nearest multiple of ``multiple`` (at least one multiple). ``megapixels``
+    0 means no area limit (only the rounding).
+    """
+    if width < 1 or height < 1:
+        raise DLAInputError(f"Reference image is {width}x{height} px; it must have at least 1 px per side.")
+    if not (0.0 <= megapixels <= MAX_IDENTITY_MEGAPIXELS) or math.isnan(megapixels):
+        raise DLAInputError(
+            f"Identity resolution {megapixels} MP is out of range; use 0 (keep size) up to {MAX_IDENTITY_MEGAPIXELS} "
+            "MP "
+            "(FLUX Kontext-style references are about 1 MP)."
+        )
+    scale = 1.0
+    if megapixels > 0:
+        target = megapixels * 1_000_000
+        scale = math.sqrt(target / (width * height))
+        if not upscale:
+            scale = min(scale, 1.0)
+    new_width = max(multiple, round(width * scale / multiple) * multiple)
+    new_height = max(multiple, round(height * scale / multiple) * multiple)
+    return int(new_width), int(new_height)

@@ -14,9 +14,9 @@ weights (tests/integration/test_pipeline_parity.py):
   (ComfyUI's ``process_latent_in`` for FLUX, diffusers' VAE ``shift_factor`` /
   ``scaling_factor``); :attr:`DLAPipelineOutput.latents` is in VAE space like a ComfyUI LATENT;
 - references: aspect kept, area capped at ``reference_megapixels``, sides rounded to 16 px
-  (:func:`dla_core.staging.identity_resolution`, as the VAE Identity Encode node), encoded
+  (:func:`dla_core.images.identity_resolution`, as the VAE Identity Encode node), encoded
   with the VAE's posterior mode, placed as extra image tokens (:mod:`dla_core.flux.references`);
-- conditioning: DLA tokens with the padding stripped (:func:`dla_core.staging.strip_padding`),
+- conditioning: DLA tokens with the padding stripped (:func:`dla_core.dla.strip_padding`),
   the DLA's pooled vector, FLUX distilled guidance (default 2.5) in every stage; stage 3 uses
   the DLA's learned null tokens and null pooled vector;
 - sigmas: :func:`dla_core.flux.sampling.flux_sigmas` (ComfyUI: "simple" scheduler on a
@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 from .checkpoint import load_dla
 from .checks import check_image_pixels, finite
+from .dla import strip_padding
 from .dtypes import DTYPES
 from .errors import DLAInputError
 from .flux.references import DEFAULT_REFERENCE_METHOD, normalize_reference_method
@@ -49,10 +50,9 @@ from .flux.sampling import (
     staged_euler_sample,
 )
 from .flux.weights import bfl_lora_to_diffusers, is_bfl_lora, load_flux_transformer, load_flux_vae
-from .images import to_pil_list
+from .images import identity_resolution, to_pil_list
 from .mllm import encode_joint, load_mllm
 from .schedule import DEFAULT_TAU1, DEFAULT_TAU2, describe_schedule, validate_taus
-from .staging import identity_resolution, strip_padding
 
 DEFAULT_STEPS = 28
 DEFAULT_SIZE = 1024

@@ -9,11 +9,10 @@ import torch
 from comfy_api.latest import io
 
 from ..dla_core.checkpoint import load_dla
-from ..dla_core.dla import target_spec
+from ..dla_core.dla import strip_padding, target_spec
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.flux.sampling import DEFAULT_GUIDANCE  # the paper's 2.5 (arXiv 2605.26111); FLUX Kontext's default too
-from ..dla_core.staging import strip_padding
-from .input_checks import checked_widgets
+from .input_checks import checked_inputs
 from .managed_models import load_whole, manage, run_devices
 from .model_fit import check_dla_fits_model
 from .model_folders import list_dla_files, resolve_dla_file
@@ -54,9 +53,7 @@ class DLALoader(io.ComfyNode):
             outputs=[DLA.Output(display_name="DLA", tooltip="The loaded DLA, for Dual Layer Aggregation.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, dla_name: str) -> io.NodeOutput:
@@ -135,9 +132,7 @@ class DLAAggregate(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, dla, mllm_features, guidance: float, model=None) -> io.NodeOutput:

@@ -35,7 +35,7 @@ from ..dla_core.dla import TARGETS
 from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
 from .compat import flux2_missing_message
-from .input_checks import checked_widgets
+from .input_checks import checked_inputs
 from .progress import check_interrupt, interrupt_between
 from .qwen_clip import check_clip_prompt, snapshot
 from .types import CATEGORY as ROOT_CATEGORY
@@ -221,9 +221,7 @@ class DLAFlux2TextEncode(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, clip, prompt) -> io.NodeOutput:

@@ -6,9 +6,8 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..dla_core.images import to_pil_list
-from ..dla_core.staging import identity_resolution
-from .input_checks import checked_widgets
+from ..dla_core.images import identity_resolution, to_pil_list
+from .input_checks import checked_inputs
 from .types import CATEGORY, IDENTITY, REFERENCE_METHODS, ReferenceIdentity
 
 DEFAULT_MEGAPIXELS = 1.0  # FLUX Kontext-style references are about 1 MP
@@ -92,9 +91,7 @@ class DLAVAEIdentityEncode(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(

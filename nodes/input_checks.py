@@ -4,12 +4,16 @@ Why here and not left to ComfyUI: ComfyUI's built-in checks let NaN through ever
 and ``nan > max`` are both false); ComfyUI 0.3.64 does not check V3 combo values at all; and once a node
 defines ``validate_inputs`` taking ``**kwargs`` (the staged samplers must, for tau1/tau2 and the timing), ComfyUI
 skips its own min/max and combo checks for that node. So every node of the pack declares
-``validate_inputs = checked_widgets`` and gets: floats finite and within min..max, ints whole and within
-min..max, combo values among the offered options. The messages come from :mod:`dla_core.checks`.
+``validate_inputs = checked_inputs()`` and gets: floats finite and within min..max, ints whole and within
+min..max, combo values among the offered options; a node with rules across inputs (the staged samplers'
+taus and timing) passes them as extra checks, ``checked_inputs(stage_input_problem)``. The messages come
+from :mod:`dla_core.checks`.
 Linked inputs (``None`` while validating) are checked by the node when it runs.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from comfy_api.latest import io
 
@@ -40,6 +44,17 @@ def check_widgets(node_cls, values: dict) -> None:
             whole(spec.id, value, spec.min, spec.max)
 
 
-def checked_widgets(node_cls, **values):
-    """A node's ``validate_inputs``: True, or the message ComfyUI shows on the node."""
-    return widget_problem(node_cls, values) or True
+def checked_inputs(*extra_checks: Callable[[dict], str | None]) -> classmethod:
+    """A node's ``validate_inputs`` (``validate_inputs = checked_inputs()``): True, or the message ComfyUI shows.
+
+    First the widget values against the node's schema (:func:`widget_problem`), then each of
+    ``extra_checks`` (input id -> value, linked inputs absent -> a message or None), in order.
+    """
+
+    def validate_inputs(cls, **values):
+        problem = widget_problem(cls, values)
+        for check in extra_checks:
+            problem = problem or check(values)
+        return problem or True
+
+    return classmethod(validate_inputs)

@@ -10,7 +10,7 @@ from ..dla_core.dtypes import DTYPES
 from ..dla_core.errors import DLAInputError
 from ..dla_core.images import to_pil_list
 from ..dla_core.mllm import LoadedMLLM, encode_joint, load_mllm
-from .input_checks import checked_widgets
+from .input_checks import checked_inputs
 from .managed_models import load_whole, manage, run_devices
 from .model_folders import list_mllm_folders, resolve_mllm_folder
 from .progress import check_interrupt, node_progress
@@ -83,9 +83,7 @@ class DLAMLLMLoader(io.ComfyNode):
             outputs=[MLLM.Output(display_name="MLLM", tooltip="The loaded MLLM, for MLLM Joint Encode.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, mllm_name: str, dtype: str, device: str) -> io.NodeOutput:
@@ -163,9 +161,7 @@ class DLAMLLMJointEncode(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, mllm, prompt: str, image, image_size: int, image_2=None, image_3=None) -> io.NodeOutput:

@@ -28,7 +28,7 @@ from ..dla_core.errors import DLAInputError
 from ..dla_core.features import MLLMFeatures
 from ..dla_core.images import reference_frames
 from ..dla_core.qwen_template import EDIT_TEMPLATE, NATIVE_MLLM_SIDE, edit_user_text, parse_resolution_list, scaled_size
-from .input_checks import checked_widgets
+from .input_checks import checked_inputs
 from .progress import check_interrupt, interrupt_between
 from .types import CATEGORY as ROOT_CATEGORY
 from .types import MLLM_FEATURES
@@ -334,9 +334,7 @@ class DLAQwenCLIPJointEncode(io.ComfyNode):
             ],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, clip, prompt, mllm_resolution=NATIVE_MLLM_SIDE, mllm_resolutions="", **images) -> io.NodeOutput:

@@ -26,7 +26,7 @@ from ..dla_core.qwen_template import (
     resolve_reference_method,
     scaled_size,
 )
-from .input_checks import checked_widgets
+from .input_checks import checked_inputs
 from .qwen_clip import CATEGORY, MAX_REFERENCE_INPUTS, resize_area
 
 MODEL_OWN_METHOD = "model's own method (leave unset)"
@@ -158,9 +158,7 @@ class DLAReferenceLatents(io.ComfyNode):
             outputs=[io.Conditioning.Output(tooltip="The conditioning with the reference latents appended.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
+import logging
 
-import comfy.model_management
-import comfy.sample
 import comfy.samplers
-import comfy.utils
-import latent_preview
 from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
-from ..dla_core.schedule import DEFAULT_TAU1, DEFAULT_TAU2, validate_taus
-from .input_checks import checked_widgets, widget_problem
-from .staged_sampling import StagedCFGGuider, stage_conditionings
+from .input_checks import checked_inputs
+from .staged_guider import (
+    KSamplerSettings,
+    StagedCFGGuider,
+    ksample_with_guider,
+    stage_conditionings,
+    stage_input_problem,
+    tau_inputs,
+)
 from .types import CATEGORY, IDENTITY, ReferenceIdentity, expect
 
 STAGE_OPTIONS = ["1: MLLM only", "2: MLLM + identity", "3: identity only"]
@@ -24,115 +26,25 @@ def _optional_identity(identity):
     return None if identity is None else expect(identity, ReferenceIdentity, "identity", "VAE Identity Encode")
 
 
-def validate_taus_input(tau1, tau2):
-    """For the staged nodes' ``validate_inputs``: a message instead of an exception; linked (unknown) values pass."""
-    if tau1 is None or tau2 is None:
-        return True
-    try:
-        validate_taus(tau1, tau2)
-    except ValueError as exc:
-        return str(exc)
-    return True
-
-
 def make_staged_guider(
-    model, positive, cfg: float, tau1: float, tau2: float, negative=None, identity=None, stage3_conditioning=None
+    model, positive, *, cfg: float, tau1: float, tau2: float, negative=None, identity=None, stage3_conditioning=None
 ) -> StagedCFGGuider:
-    """A :class:`StagedCFGGuider` with every stage's conditioning set."""
+    """A :class:`StagedCFGGuider` with the DLA's stages: MLLM; MLLM + identity; "MLLM off" (or override) + identity."""
     guider = StagedCFGGuider(model, tau1, tau2)
-    guider.set_conds(positive, negative, _optional_identity(identity), stage3_conditioning)
+    identity = _optional_identity(identity)
+    if identity is None:
+        logging.warning("DLA Staged sampler: no IDENTITY connected; stages 2 and 3 get no reference latents.")
+    guider.set_stage_conds(*stage_conditionings(positive, negative, identity, stage3_conditioning))
     guider.set_cfg(cfg)
     return guider
 
 
-LATENT_SIZE_TAGS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+def staged_ksample(*, model, positive, latent: dict, settings: KSamplerSettings, **guider_inputs) -> dict:
+    """The Staged KSampler: :func:`ksample_with_guider` with the DLA's staged guider.
 
-
-def consumed_size_tags() -> tuple[str, ...]:
-    """The latent size tags this ComfyUI's KSampler reads (and drops from its output); none on 0.3.64."""
-    parameters = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
-    return tuple(tag for tag in LATENT_SIZE_TAGS if tag in parameters)
-
-
-def fit_empty_latent(model, latent: dict):
-    """``latent["samples"]`` made fit for ``model`` exactly as this ComfyUI's KSampler does.
-
-    Newer ComfyUI's empty-latent nodes tag the latent with the VAE downscale it assumed
-    (``downscale_ratio_spacial``), and the KSampler resizes an empty latent to the model's own
-    ratio (e.g. 8 -> 16 for FLUX.2); older ComfyUI has neither tags nor the resize.
+    ``guider_inputs``: :func:`make_staged_guider`'s keyword arguments (cfg, tau1, tau2, negative, ...).
     """
-    tags = [latent.get(tag) for tag in consumed_size_tags()]
-    return comfy.sample.fix_empty_latent_channels(model, latent["samples"], *tags)
-
-
-def sampled_latent(latent: dict, samples) -> dict:
-    """The output LATENT like this ComfyUI's KSampler: the input's keys minus the size tags it consumed."""
-    consumed = consumed_size_tags()
-    out = {key: value for key, value in latent.items() if key not in consumed}
-    dtype = getattr(comfy.model_management, "intermediate_dtype", None)
-    kwargs = {"dtype": dtype()} if dtype is not None else {}
-    out["samples"] = samples.to(device=comfy.model_management.intermediate_device(), **kwargs)
-    return out
-
-
-def ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise) -> dict:
-    """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with any guider.
-
-    The one execution function of every staged sampler node; a variant only builds its guider.
-    """
-    latent_image = fit_empty_latent(model, latent)
-    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
-    sigmas = comfy.samplers.KSampler(
-        model,
-        steps=steps,
-        device=model.load_device,
-        sampler=sampler_name,
-        scheduler=scheduler,
-        denoise=denoise,
-        model_options=model.model_options,
-    ).sigmas
-    sampler = comfy.samplers.sampler_object(sampler_name)
-    callback = latent_preview.prepare_callback(model, steps)
-    samples = guider.sample(
-        noise,
-        latent_image,
-        sampler,
-        sigmas,
-        denoise_mask=latent.get("noise_mask"),
-        callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=seed,
-    )
-    return sampled_latent(latent, samples)
-
-
-def staged_ksample(
-    model,
-    seed,
-    steps,
-    cfg,
-    sampler_name,
-    scheduler,
-    positive,
-    latent,
-    denoise,
-    tau1,
-    tau2,
-    negative=None,
-    identity=None,
-    stage3_conditioning=None,
-) -> dict:
-    """The Staged KSampler: :func:`ksample_with_guider` with the DLA's staged guider."""
-    guider = make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
-    return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
-
-
-def tau_inputs(tau1_tooltip: str, tau2_tooltip: str) -> list:
-    """The two stage thresholds every staged node takes (paper defaults), with the node's own tooltips."""
-    return [
-        io.Float.Input("tau1", default=DEFAULT_TAU1, min=0.0, max=1.0, step=0.01, tooltip=tau1_tooltip),
-        io.Float.Input("tau2", default=DEFAULT_TAU2, min=0.0, max=1.0, step=0.01, tooltip=tau2_tooltip),
-    ]
+    return ksample_with_guider(make_staged_guider(model, positive, **guider_inputs), model, latent, settings)
 
 
 def _stage_inputs() -> list:
@@ -229,9 +141,7 @@ class DLAStagedKSampler(io.ComfyNode):
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
-        return widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs}) or validate_taus_input(tau1, tau2)
+    validate_inputs = checked_inputs(stage_input_problem)
 
     @classmethod
     def execute(
@@ -251,24 +161,22 @@ class DLAStagedKSampler(io.ComfyNode):
         identity=None,
         stage3_conditioning=None,
     ) -> io.NodeOutput:
-        return io.NodeOutput(
-            staged_ksample(
-                model,
-                seed,
-                steps,
-                cfg,
-                sampler_name,
-                scheduler,
-                positive,
-                latent_image,
-                denoise,
-                tau1,
-                tau2,
-                negative,
-                identity,
-                stage3_conditioning,
-            )
+        settings = KSamplerSettings(
+            seed=seed, steps=steps, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise
         )
+        latent = staged_ksample(
+            model=model,
+            positive=positive,
+            latent=latent_image,
+            settings=settings,
+            cfg=cfg,
+            tau1=tau1,
+            tau2=tau2,
+            negative=negative,
+            identity=identity,
+            stage3_conditioning=stage3_conditioning,
+        )
+        return io.NodeOutput(latent)
 
 
 class DLAStagedGuider(io.ComfyNode):
@@ -298,17 +206,23 @@ class DLAStagedGuider(io.ComfyNode):
             outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None, **kwargs):
-        return widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs}) or validate_taus_input(tau1, tau2)
+    validate_inputs = checked_inputs(stage_input_problem)
 
     @classmethod
     def execute(
         cls, model, positive, cfg, tau1, tau2, negative=None, identity=None, stage3_conditioning=None
     ) -> io.NodeOutput:
-        return io.NodeOutput(
-            make_staged_guider(model, positive, cfg, tau1, tau2, negative, identity, stage3_conditioning)
+        guider = make_staged_guider(
+            model,
+            positive,
+            cfg=cfg,
+            tau1=tau1,
+            tau2=tau2,
+            negative=negative,
+            identity=identity,
+            stage3_conditioning=stage3_conditioning,
         )
+        return io.NodeOutput(guider)
 
 
 class DLAStageConditioning(io.ComfyNode):
@@ -344,14 +258,13 @@ class DLAStageConditioning(io.ComfyNode):
             outputs=[io.Conditioning.Output(tooltip="The stage's conditioning.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return checked_widgets(cls, **kwargs)
+    validate_inputs = checked_inputs()
 
     @classmethod
     def execute(cls, positive, stage: str, identity=None, stage3_conditioning=None) -> io.NodeOutput:
         number = STAGE_OPTIONS.index(stage) + 1
-        conditioning, _ = stage_conditionings(positive, None, _optional_identity(identity), stage3_conditioning)[number]
+        positives, _ = stage_conditionings(positive, None, _optional_identity(identity), stage3_conditioning)
+        conditioning = positives[number]
         if conditioning is None:
             raise DLAInputError(
                 "This conditioning carries no 'MLLM off' conditioning for stage 3: connect the output of Dual Layer "

@@ -19,74 +19,47 @@ calls ComfyUI's own ``sampling_function`` on conditionings prepared by ComfyUI's
 from __future__ import annotations
 
 import comfy.samplers
-import node_helpers
 from comfy_api.latest import io
 
-from ..dla_core.errors import DLAInputError
-from ..dla_core.reference_timing import TIMING_EXAMPLE, parse_reference_timing
-from ..dla_core.staging import ALL_STAGES
-from .input_checks import widget_problem
-from .sampler_nodes import ksample_with_guider, tau_inputs, validate_taus_input
-from .staged_sampling import STAGE_COND_KEYS, StagedCFGGuider
+from ..dla_core.schedule import TIMING_EXAMPLE
+from .input_checks import checked_inputs
+from .staged_guider import (
+    KSamplerSettings,
+    StagedCFGGuider,
+    ksample_with_guider,
+    resolve_stage_conditionings,
+    stage_input_problem,
+    tau_inputs,
+)
 from .types import CATEGORY
 
 
-def resolve_stage_conditionings(positives: dict, negatives: dict) -> tuple[dict, dict]:
-    """Fill unconnected stages: a missing stage takes the previous stage's conditioning.
+def staged_guider_advanced(
+    model, *, cfg: float, tau1: float, tau2: float, positives: dict, negatives: dict, reference_timing: str = ""
+) -> StagedCFGGuider:
+    """A :class:`StagedCFGGuider` with one (positive, negative) per stage and the reference timing set.
 
-    ``positives[1]`` is required; ``negatives`` may be all None (cfg 1).
+    ``positives``/``negatives``: stage -> conditioning or None (an unconnected stage reuses the previous
+    one). ``reference_timing`` (e.g. ``"0.95-0, 1-0.5"``): each reference's own active time range, in
+    the order the conditionings hold them (:mod:`dla_core.schedule.timing`).
     """
-    if positives.get(1) is None:
-        raise DLAInputError("Connect positive_stage1: it is the conditioning of the first (noisiest) stage.")
-    pos, neg = {}, {}
-    for stage in ALL_STAGES:
-        pos[stage] = positives.get(stage) if positives.get(stage) is not None else pos.get(stage - 1)
-        neg[stage] = negatives.get(stage) if negatives.get(stage) is not None else neg.get(stage - 1)
-    return pos, neg
+    guider = StagedCFGGuider(model, tau1, tau2, reference_timing)
+    positives, negatives = resolve_stage_conditionings(positives, negatives)
+    # a stage left unconnected shares the previous stage's conditioning, and so its reference keys/values
+    sources = {stage: (id(positives[stage]), id(negatives[stage])) for stage in positives}
+    guider.set_stage_conds(positives, negatives, sources=sources)
+    guider.set_cfg(cfg)
+    return guider
 
 
-class PerStageGuider(StagedCFGGuider):
-    """The pack's staged CFG guider with an explicit (positive, negative) per stage."""
-
-    def set_stage_conds(self, positives: dict, negatives: dict) -> None:
-        positives, negatives = resolve_stage_conditionings(positives, negatives)
-        self._sources = {stage: (id(positives[stage]), id(negatives[stage])) for stage in ALL_STAGES}
-        conds = {}
-        self._available = {}
-        for stage in ALL_STAGES:
-            positive_key, negative_key = STAGE_COND_KEYS[stage]
-            self._available[stage] = (positives[stage] is not None, negatives[stage] is not None)
-            conds[positive_key] = node_helpers.conditioning_set_values(positives[stage], {"prompt_type": "positive"})
-            if negatives[stage] is not None:
-                conds[negative_key] = node_helpers.conditioning_set_values(
-                    negatives[stage], {"prompt_type": "negative"}
-                )
-        self.original_conds = {}
-        self.inner_set_conds(self.with_timed_references(conds))
-
-
-def staged_ksample_advanced(
-    model,
-    seed,
-    steps,
-    cfg,
-    sampler_name,
-    scheduler,
-    latent,
-    denoise,
-    tau1,
-    tau2,
-    positives: dict,
-    negatives: dict,
-    reference_timing: str = "",
+def _stage_dicts(
+    positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
 ) -> dict:
-    """The advanced Staged KSampler: :func:`ksample_with_guider` with per-stage conditioning.
-
-    ``reference_timing`` (e.g. ``"0.95-0, 1-0.5"``): each reference's own active time range, in
-    the order the conditionings hold them (:mod:`dla_core.reference_timing`).
-    """
-    guider = staged_guider_advanced(model, cfg, tau1, tau2, positives, negatives, reference_timing)
-    return ksample_with_guider(guider, model, seed, steps, sampler_name, scheduler, latent, denoise)
+    """The six stage inputs as :func:`staged_guider_advanced`'s ``positives``/``negatives`` (stage -> conditioning)."""
+    return {
+        "positives": {1: positive_stage1, 2: positive_stage2, 3: positive_stage3},
+        "negatives": {1: negative_stage1, 2: negative_stage2, 3: negative_stage3},
+    }
 
 
 def _stage_conditioning_inputs() -> list:
@@ -140,7 +113,8 @@ def _stage_and_timing_inputs() -> list:
     """tau1, tau2 and the optional per-reference timing."""
     return [
         *tau_inputs(
-            "Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0 with no stage-1-only steps skips stage 1.",
+            "Stage 1 while t >= tau1 (t = flow time, 1 = pure noise). 1.0: only a call at t = 1 exactly (the first "
+            "step from pure noise) is in stage 1.",
             "Stage 2 while tau2 <= t < tau1, stage 3 below. Must not exceed tau1; 0 = no stage 3.",
         ),
         io.String.Input(
@@ -155,23 +129,6 @@ def _stage_and_timing_inputs() -> list:
             "conditioning holds it and its range is active.",
         ),
     ]
-
-
-def _validate_stage_inputs(tau1, tau2, reference_timing) -> bool | str:
-    checked = validate_taus_input(tau1, tau2)
-    if checked is not True:
-        return checked
-    try:
-        parse_reference_timing(reference_timing)
-    except DLAInputError as error:
-        return str(error)
-    return True
-
-
-def _stage_dicts(positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3):
-    positives = {1: positive_stage1, 2: positive_stage2, 3: positive_stage3}
-    negatives = {1: negative_stage1, 2: negative_stage2, 3: negative_stage3}
-    return positives, negatives
 
 
 STAGED_DESCRIPTION = (
@@ -223,10 +180,7 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
-        problem = widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs})
-        return problem or _validate_stage_inputs(tau1, tau2, reference_timing)
+    validate_inputs = checked_inputs(stage_input_problem)
 
     @classmethod
     def execute(
@@ -249,34 +203,20 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         negative_stage3=None,
         reference_timing="",
     ) -> io.NodeOutput:
-        positives, negatives = _stage_dicts(
-            positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+        guider = staged_guider_advanced(
+            model,
+            cfg=cfg,
+            tau1=tau1,
+            tau2=tau2,
+            reference_timing=reference_timing,
+            **_stage_dicts(
+                positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+            ),
         )
-        return io.NodeOutput(
-            staged_ksample_advanced(
-                model,
-                seed,
-                steps,
-                cfg,
-                sampler_name,
-                scheduler,
-                latent_image,
-                denoise,
-                tau1,
-                tau2,
-                positives,
-                negatives,
-                reference_timing,
-            )
+        settings = KSamplerSettings(
+            seed=seed, steps=steps, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise
         )
-
-
-def staged_guider_advanced(model, cfg, tau1, tau2, positives: dict, negatives: dict, reference_timing: str = ""):
-    """A :class:`PerStageGuider` with every stage's conditioning and the reference timing set."""
-    guider = PerStageGuider(model, tau1, tau2, parse_reference_timing(reference_timing))
-    guider.set_stage_conds(positives, negatives)
-    guider.set_cfg(cfg)
-    return guider
+        return io.NodeOutput(ksample_with_guider(guider, model, latent_image, settings))
 
 
 class DLAStagedGuiderAdvanced(io.ComfyNode):
@@ -300,10 +240,7 @@ class DLAStagedGuiderAdvanced(io.ComfyNode):
             outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
         )
 
-    @classmethod
-    def validate_inputs(cls, tau1=None, tau2=None, reference_timing="", **kwargs):
-        problem = widget_problem(cls, {"tau1": tau1, "tau2": tau2, **kwargs})
-        return problem or _validate_stage_inputs(tau1, tau2, reference_timing)
+    validate_inputs = checked_inputs(stage_input_problem)
 
     @classmethod
     def execute(
@@ -320,7 +257,14 @@ class DLAStagedGuiderAdvanced(io.ComfyNode):
         negative_stage3=None,
         reference_timing="",
     ) -> io.NodeOutput:
-        positives, negatives = _stage_dicts(
-            positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+        guider = staged_guider_advanced(
+            model,
+            cfg=cfg,
+            tau1=tau1,
+            tau2=tau2,
+            reference_timing=reference_timing,
+            **_stage_dicts(
+                positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+            ),
         )
-        return io.NodeOutput(staged_guider_advanced(model, cfg, tau1, tau2, positives, negatives, reference_timing))
+        return io.NodeOutput(guider)

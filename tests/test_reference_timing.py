@@ -1,4 +1,4 @@
-"""Per-reference timing (dla_core.reference_timing): parsing, errors, active sets, and the probe that finds them all."""
+"""Per-reference timing (dla_core.schedule.timing): parsing, errors, active sets, and the probe that finds them all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 
 from dla_core.errors import DLAInputError
-from dla_core.reference_timing import (
+from dla_core.schedule import (
     ReferenceRange,
     active_mask,
     check_reference_count,

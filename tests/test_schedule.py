@@ -9,6 +9,7 @@ from dla_flux_oracle import flux_shifted_sigmas
 from dla_core.errors import DLAInputError
 from dla_core.flux.sampling import calculate_mu, image_seq_len
 from dla_core.schedule import (
+    StageTaus,
     describe_schedule,
     stage_for_sigma,
     stage_step_counts,
@@ -136,3 +137,20 @@ def test_numpy_and_tensor_values_are_accepted():
 def test_text_tau_is_refused():
     with pytest.raises(DLAInputError, match="tau2 must be a number between 0 and 1, got '0.5'"):
         validate_taus(0.9, "0.5")
+
+
+def test_stage_taus_refuse_bad_taus_when_built():
+    with pytest.raises(DLAInputError, match="0 <= tau2 <= tau1 <= 1"):
+        StageTaus(0.5, 0.9)
+
+
+def test_stage_taus_give_the_stage_of_stage_for_sigma_at_every_boundary():
+    taus = StageTaus(0.95, 0.85)
+    for t in (1.0, 0.95, math.nextafter(0.95, 0.0), 0.85, math.nextafter(0.85, 0.0), 0.0):
+        assert taus.stage(t) == stage_for_sigma(t, 0.95, 0.85)
+
+
+def test_stage_taus_list_every_stage_a_sampler_can_visit_between_two_times():
+    assert StageTaus(0.95, 0.85).stages_in_range(1.0, 0.0) == (1, 2, 3)
+    assert StageTaus(0.95, 0.85).stages_in_range(0.9, 0.86) == (2,)
+    assert StageTaus(0.5, 0.5).stages_in_range(1.0, 0.0) == (1, 3)

@@ -10,7 +10,7 @@ time before the shift).
 The loop is plain Euler on the velocity: ``x <- x + (sigma_next - sigma) * v(x, sigma)``,
 the update of ComfyUI's ``euler`` sampler for a flow model (``denoised = x - sigma * v``,
 ``x <- x + (x - denoised) / sigma * dt``). Each model call picks its conditioning from the
-sigma with :func:`dla_core.schedule.stage_for_sigma`:
+sigma with :meth:`dla_core.schedule.StageTaus.stage` (the taus checked once, before the loop):
 
 - stage 1 (``sigma >= tau1``): DLA tokens, no reference latents;
 - stage 2 (``tau2 <= sigma < tau1``): DLA tokens + reference latents;
@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DLAInputError
-from ..schedule import STAGE_IDENTITY_ONLY, STAGE_MLLM_ONLY, stage_for_sigma
+from ..schedule import STAGE_IDENTITY_ONLY, STAGE_MLLM_ONLY, StageTaus
 from .references import DEFAULT_REFERENCE_METHOD, flux_forward
 
 VAE_SCALE_FACTOR = 8  # FLUX's VAE downsamples 8x
@@ -140,6 +140,7 @@ def staged_euler_sample(
     (:meth:`StagedConditioning.negative_for_stage`) and mixes ``neg + scale * (pos - neg)``.
     ``callback(step, stage, latents)`` runs after each step.
     """
+    taus = StageTaus(tau1, tau2)
     x = latents.to(torch.float32)
     stages: list[int] = []
     steps = len(sigmas) - 1
@@ -147,7 +148,7 @@ def staged_euler_sample(
     with tqdm(total=steps, disable=not progress, desc="DLA staged sampling") as bar:
         for index in range(steps):
             sigma, sigma_next = float(sigmas[index]), float(sigmas[index + 1])
-            stage = stage_for_sigma(sigma, tau1, tau2)
+            stage = taus.stage(sigma)
             stages.append(stage)
             context, pooled, refs = conditioning.for_stage(stage)
             velocity = flux_forward(transformer, x, sigma, context, pooled, guidance, refs, method).float()

@@ -13,7 +13,9 @@ stage  when                  MLLM condition VAE identity
 
 Everything here is a pure function of sigmas and taus, so the sampler can decide the stage
 per model call (second-order samplers included) and the UI can print a summary before
-sampling starts.
+sampling starts. :class:`StageTaus` holds a validated pair of thresholds: build it once where
+the taus come in (a node input, a pipeline argument) and ask it for the stage of every model
+call without checking the taus again.
 
 ComfyUI sigma lists have ``steps + 1`` entries and end with a trailing 0: step ``i``
 (0-based) denoises from ``sigmas[i]`` to ``sigmas[i + 1]`` and the model is called at
@@ -24,15 +26,17 @@ ComfyUI sigma lists have ``steps + 1`` entries and end with a trailing 0: step `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .errors import DLAInputError
+from ..errors import DLAInputError
 
 STAGE_MLLM_ONLY = 1
 STAGE_MLLM_AND_IDENTITY = 2
 STAGE_IDENTITY_ONLY = 3
+ALL_STAGES = (STAGE_MLLM_ONLY, STAGE_MLLM_AND_IDENTITY, STAGE_IDENTITY_ONLY)
 
 STAGE_LABELS = {
     STAGE_MLLM_ONLY: "MLLM only",
@@ -63,21 +67,54 @@ def validate_taus(tau1: float, tau2: float) -> None:
         )
 
 
-def stage_for_sigma(t: float, tau1: float, tau2: float) -> int:
-    """Stage (1, 2 or 3) for one model call at normalised time ``t``; boundaries as in the paper (arXiv 2605.26111).
+@dataclass(frozen=True)
+class StageTaus:
+    """The two stage thresholds, checked once (``0 <= tau2 <= tau1 <= 1``); :meth:`stage` does not check again."""
 
-    ``t == tau1`` is stage 1, ``t == tau2`` is stage 2 (when ``tau2 < tau1``); with
-    ``tau1 == tau2`` there is no stage 2.
-    """
-    validate_taus(tau1, tau2)
-    t = float(t)
-    if math.isnan(t):
-        raise DLAInputError("The sampler passed a NaN sigma; check the scheduler and the model's sampling settings.")
-    if t >= tau1:
-        return STAGE_MLLM_ONLY
-    if t >= tau2:
-        return STAGE_MLLM_AND_IDENTITY
-    return STAGE_IDENTITY_ONLY
+    tau1: float
+    tau2: float
+
+    def __post_init__(self) -> None:
+        validate_taus(self.tau1, self.tau2)
+        object.__setattr__(self, "tau1", float(self.tau1))
+        object.__setattr__(self, "tau2", float(self.tau2))
+
+    def stage(self, t: float) -> int:
+        """Stage (1, 2 or 3) for one model call at normalised time ``t``; boundaries as in the paper (arXiv 2605.26111).
+
+        ``t == tau1`` is stage 1, ``t == tau2`` is stage 2 (when ``tau2 < tau1``); with
+        ``tau1 == tau2`` there is no stage 2.
+        """
+        t = float(t)
+        if math.isnan(t):
+            raise DLAInputError(
+                "The sampler passed a NaN sigma; check the scheduler and the model's sampling settings."
+            )
+        if t >= self.tau1:
+            return STAGE_MLLM_ONLY
+        if t >= self.tau2:
+            return STAGE_MLLM_AND_IDENTITY
+        return STAGE_IDENTITY_ONLY
+
+    def stages_in_range(self, t_high: float, t_low: float) -> tuple[int, ...]:
+        """Stages a sampler can visit for normalised times in ``[t_low, t_high]`` (in stage order).
+
+        Samplers call the model at the listed sigmas but also in between (second-order midpoints,
+        ancestral steps), so the conditioning of every stage in the closed interval must be ready.
+        Stages are monotone in ``t`` (stage 1 at high ``t``), so this is every stage from the one
+        of ``t_high`` to the one of ``t_low``; a stage with an empty interval (``tau1 == tau2``
+        has no stage 2) is left out.
+        """
+        first, last = self.stage(max(t_high, t_low)), self.stage(min(t_high, t_low))
+        stages = tuple(range(first, last + 1))
+        if self.tau1 == self.tau2:
+            stages = tuple(stage for stage in stages if stage != STAGE_MLLM_AND_IDENTITY)
+        return stages
+
+
+def stage_for_sigma(t: float, tau1: float, tau2: float) -> int:
+    """Stage (1, 2 or 3) for one model call at normalised time ``t`` (checks the taus; see :meth:`StageTaus.stage`)."""
+    return StageTaus(tau1, tau2).stage(t)
 
 
 def _as_float_list(sigmas) -> list[float]:

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .errors import DLAInputError
+from ..errors import DLAInputError
 
 TIMING_EXAMPLE = "0.95-0, 1-0.5"
 _NUMBER = r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf(?:inity)?))\s*"

@@ -59,11 +59,11 @@ def test_kv_cache_with_references_in_two_stages_is_refused_with_a_fix(comfy, flu
 
     kv_node = comfy_nodes.NODE_CLASS_MAPPINGS.get("FluxKVCache")
     if kv_node is None:  # ComfyUI 0.3.64: no KV cache node; the same staging runs unpatched
-        assert not pack_module("nodes.staged_sampling").reference_kv_caches(flux)
+        assert not pack_module("nodes.staged_guider").reference_kv_caches(flux)
         assert torch.isfinite(_run(flux, 1.0, 0.5)).all()
         return
     cached = kv_node.execute(flux).result[0]
-    assert len(pack_module("nodes.staged_sampling").reference_kv_caches(cached)) == 1
+    assert len(pack_module("nodes.staged_guider").reference_kv_caches(cached)) == 1
     error = pack_module("dla_core.errors").DLAInputError
     with pytest.raises(error, match="Flux KV Cache.*stages 2 and 3"):
         _run(cached, 1.0, 0.5)

@@ -111,7 +111,7 @@ def _call_times(model) -> list[float]:
     """Normalised time of every model call of an Euler run of STEPS steps (denoise 1)."""
     import comfy.samplers
 
-    staged = pack_module("nodes.staged_sampling")
+    staged = pack_module("nodes.staged_guider")
     model_sampling = model.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", STEPS)
     return [staged.normalised_time(model_sampling, s) for s in sigmas[:-1]]
@@ -122,15 +122,15 @@ def _mid(a: float, b: float) -> float:
 
 
 def _run_guider(model, positives: dict, timing: str, tau1: float, tau2: float, latent: dict):
-    advanced = pack_module("nodes.staged_advanced")
-    timing_module = pack_module("dla_core.reference_timing")
-    guider = advanced.PerStageGuider(model, tau1, tau2, timing_module.parse_reference_timing(timing))
-    guider.set_stage_conds(positives, {})
-    guider.set_cfg(1.0)
-    samples = pack_module("nodes.sampler_nodes").ksample_with_guider(
-        guider, model, SEED, STEPS, "euler", "simple", latent, 1.0
+    """(the guider's model calls, the sampled latent) of an Euler run with one conditioning per stage."""
+    library = pack_module("nodes.staged_guider")
+    guider = pack_module("nodes.staged_advanced").staged_guider_advanced(
+        model, cfg=1.0, tau1=tau1, tau2=tau2, positives=positives, negatives={}, reference_timing=timing
     )
-    return guider, samples["samples"]
+    settings = library.KSamplerSettings(seed=SEED, steps=STEPS, sampler_name="euler", scheduler="simple", denoise=1.0)
+    with library.record_model_calls() as calls:
+        samples = library.ksample_with_guider(guider, model, latent, settings)
+    return calls, samples["samples"]
 
 
 @pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)
@@ -143,9 +143,9 @@ def test_stage_1_sends_no_references_and_stages_2_3_send_them_all(family_models,
     tau1, tau2 = _mid(times[0], times[1]), _mid(times[2], times[3])  # calls 0 | 1, 2 | 3, 4
     probe = Probe(model)
     positives = {1: text, 2: with_references(text, references), 3: with_references(text, references)}
-    guider, samples = _run_guider(probe.model, positives, "", tau1, tau2, latent)
+    calls, samples = _run_guider(probe.model, positives, "", tau1, tau2, latent)
     sizes = [tuple(r.shape[-2:]) for r in references]
-    assert [stage for _, stage in guider.stage_log] == [1, 2, 2, 3, 3]
+    assert [call.stage for call in calls] == [1, 2, 2, 3, 3]
     assert [refs for _, refs in probe.calls] == [[], sizes, sizes, sizes, sizes]
     assert torch.isfinite(samples).all()
 
@@ -163,10 +163,10 @@ def test_each_reference_reaches_the_model_exactly_in_its_own_range(family_models
     probe = Probe(model)
     conditioning = with_references(text, references)
     # Stage 1 (call 0) is text only; the timing works inside the stages' references.
-    guider, _ = _run_guider(probe.model, {1: text, 2: conditioning}, timing, _mid(times[0], times[1]), 0.0, latent)
+    calls, _ = _run_guider(probe.model, {1: text, 2: conditioning}, timing, _mid(times[0], times[1]), 0.0, latent)
     expected = [[], [size_b], [size_a, size_b], [size_a, size_b], [size_a]]
     assert [refs for _, refs in probe.calls] == expected
-    assert [mask for _, mask in guider.reference_log][1:] == [(False, True), (True, True), (True, True), (True, False)]
+    assert [call.references for call in calls][1:] == [(False, True), (True, True), (True, True), (True, False)]
 
 
 @pytest.mark.parametrize("family", FLUX2_FAMILIES + OLD_FAMILIES)

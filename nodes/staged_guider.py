@@ -1,4 +1,4 @@
-"""The staged guider: one sampler pass whose conditioning follows the stage of each model call.
+"""The staged guider and what every staged sampler node shares (a library: it defines no node).
 
 Stage of a call (the paper's multi-stage denoising, arXiv 2605.26111): from the normalised time
 ``t`` of its sigma (``t = sigma`` for FLUX), via ``dla_core.schedule``. The three stages'
@@ -7,25 +7,46 @@ own cond processing, and each call goes through the same ``sampling_function`` a
 ``CFGGuider``. So when every call falls in one stage, sampling is bit-identical to the native
 sampler given that stage's conditioning; nothing in the model is patched, only conditioning keys
 differ per stage.
+
+Used by ``sampler_nodes`` (the DLA's Staged KSampler/Guider: positive + identity + stage 3) and
+``staged_advanced`` (one conditioning per stage): both build a :class:`StagedCFGGuider`, give it
+per-stage conditionings with :meth:`StagedCFGGuider.set_stage_conds` and sample it with
+:func:`ksample_with_guider`; their tau inputs and checks come from :func:`tau_inputs` and
+:func:`stage_input_problem`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, Sequence
 
+import comfy.model_management
+import comfy.sample
 import comfy.samplers
+import comfy.utils
+import latent_preview
 import node_helpers
+from comfy_api.latest import io
 
 from ..dla_core.errors import DLAInputError
-from ..dla_core.reference_timing import (
+from ..dla_core.schedule import (
+    ALL_STAGES,
+    DEFAULT_TAU1,
+    DEFAULT_TAU2,
+    STAGE_LABELS,
     ReferenceRange,
+    StageTaus,
     active_mask,
     check_reference_count,
     describe_mask,
+    describe_schedule,
+    parse_reference_timing,
     probe_times,
+    validate_taus,
 )
-from ..dla_core.schedule import STAGE_LABELS, describe_schedule, stage_for_sigma, validate_taus
-from ..dla_core.staging import ALL_STAGES, stages_in_range
 from .model_fit import check_conditioning_fits_model
 from .progress import executing_node_id, show_text
 from .types import MLLM_OFF_KEY, ReferenceIdentity
@@ -70,8 +91,8 @@ def with_identity(conditioning: list, identity: ReferenceIdentity | None) -> lis
 
 def stage_conditionings(
     positive: list, negative: list | None, identity: ReferenceIdentity | None, stage3_positive: list | None = None
-) -> dict[int, tuple[list | None, list | None]]:
-    """(positive, negative) conditioning of each stage; None where it cannot be formed.
+) -> tuple[dict[int, list | None], dict[int, list | None]]:
+    """The DLA's (positives, negatives) per stage (stage -> conditioning); None where it cannot be formed.
 
     Stage 1: MLLM, no identity. Stage 2: MLLM + identity. Stage 3: "MLLM off" (or the
     override) + identity. The negative mirrors the identity state of its stage; without a
@@ -88,7 +109,21 @@ def stage_conditionings(
     negatives = {1: base_negative}
     for stage in (2, 3):
         negatives[stage] = None if base_negative is None else with_identity(base_negative, identity)
-    return {stage: (positives[stage], negatives[stage]) for stage in ALL_STAGES}
+    return positives, negatives
+
+
+def resolve_stage_conditionings(positives: dict, negatives: dict) -> tuple[dict, dict]:
+    """Fill unconnected stages: a missing stage takes the previous stage's conditioning.
+
+    ``positives[1]`` is required; ``negatives`` may be all None (cfg 1).
+    """
+    if positives.get(1) is None:
+        raise DLAInputError("Connect positive_stage1: it is the conditioning of the first (noisiest) stage.")
+    pos, neg = {}, {}
+    for stage in ALL_STAGES:
+        pos[stage] = positives.get(stage) if positives.get(stage) is not None else pos.get(stage - 1)
+        neg[stage] = negatives.get(stage) if negatives.get(stage) is not None else neg.get(stage - 1)
+    return pos, neg
 
 
 def reference_count(conditioning: list | None) -> int:
@@ -146,31 +181,71 @@ def normalised_time(model_sampling, sigma) -> float:
     return float(model_sampling.timestep(sigma)) / t_max
 
 
-class StagedCFGGuider(comfy.samplers.CFGGuider):
-    """CFG guider whose positive/negative follow the DLA stage of each model call's sigma."""
+class ModelCall(NamedTuple):
+    """One model call of a staged sampling run, as :func:`record_model_calls` sees it."""
 
-    def __init__(self, model_patcher, tau1: float, tau2: float, reference_timing: tuple[ReferenceRange, ...] = ()):
-        validate_taus(tau1, tau2)
+    guider: "StagedCFGGuider"
+    t: float
+    stage: int
+    references: tuple[bool, ...]  # which references were active
+
+
+# Test hook: called with every ModelCall of every staged guider; empty (one falsy check per call) in production.
+MODEL_CALL_OBSERVERS: list[Callable[[ModelCall], None]] = []
+
+
+@contextlib.contextmanager
+def record_model_calls() -> Iterator[list[ModelCall]]:
+    """The model calls of every staged guider that samples inside the ``with`` block (for tests)."""
+    calls: list[ModelCall] = []
+    MODEL_CALL_OBSERVERS.append(calls.append)
+    try:
+        yield calls
+    finally:
+        MODEL_CALL_OBSERVERS.remove(calls.append)
+
+
+class StagedCFGGuider(comfy.samplers.CFGGuider):
+    """CFG guider whose positive/negative follow the DLA stage of each model call's sigma.
+
+    The taus and the reference timing are checked here, once; the stage of a model call is then a
+    lookup. Conditionings come in through :meth:`set_stage_conds`, the one way to set them.
+    """
+
+    def __init__(self, model_patcher, tau1: float, tau2: float, reference_timing: str | Sequence[ReferenceRange] = ()):
+        self.taus = StageTaus(tau1, tau2)
+        if isinstance(reference_timing, str):
+            reference_timing = parse_reference_timing(reference_timing)
         super().__init__(model_patcher)
-        self.tau1 = float(tau1)
-        self.tau2 = float(tau2)
         self.reference_timing = tuple(reference_timing)
-        self.stage_log: list[tuple[float, int]] = []  # (t, stage) of every model call of the last run
-        self.reference_log: list[tuple[float, tuple[bool, ...]]] = []  # (t, active references) per model call
-        self._available: dict[int, tuple[bool, bool]] = {}
+        self._available: dict[int, tuple[bool, bool]] = {}  # stage -> (has positive, has negative)
         self._reference_counts: dict[int, int] = {}  # stage -> references its conditionings carry
-        # stage -> ids of the (positive, negative) conditionings it was given; stages sharing them share keys/values
-        self._sources: dict[int, tuple[int, int]] = {}
+        # stage -> what its (positive, negative) came from; stages sharing a source share keys/values
+        self._sources: dict[int, object] = {}
         self._shown_stage: int | None = None  # stage last shown on the node ("stage k/3: ..." progress text)
         self._node_id: str | None = None
 
-    def set_conds(self, positive, negative=None, identity: ReferenceIdentity | None = None, stage3_positive=None):
-        if identity is None:
-            logging.warning("DLA Staged sampler: no IDENTITY connected; stages 2 and 3 get no reference latents.")
+    @property
+    def tau1(self) -> float:
+        return self.taus.tau1
+
+    @property
+    def tau2(self) -> float:
+        return self.taus.tau2
+
+    def set_stage_conds(self, positives: dict, negatives: dict, sources: dict | None = None) -> None:
+        """Set every stage's conditioning: ``positives``/``negatives`` map stage (1, 2, 3) -> conditioning or None.
+
+        A stage whose positive is None cannot be sampled (an error if the schedule reaches it); a missing
+        negative is fine at cfg 1. ``sources`` (stage -> any hashable) says which stages were given the
+        same conditioning, so their reference keys/values are the same (the Flux KV Cache check); by
+        default every stage is its own source.
+        """
+        self._sources = dict(sources) if sources is not None else {stage: stage for stage in ALL_STAGES}
+        self._available = {}
         conds = {}
-        for stage, (stage_positive, stage_negative) in stage_conditionings(
-            positive, negative, identity, stage3_positive
-        ).items():
+        for stage in ALL_STAGES:
+            stage_positive, stage_negative = positives.get(stage), negatives.get(stage)
             positive_key, negative_key = STAGE_COND_KEYS[stage]
             self._available[stage] = (stage_positive is not None, stage_negative is not None)
             if stage_positive is not None:
@@ -181,7 +256,7 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds(self.with_timed_references(conds))
 
     def _stage_and_mask(self, t: float) -> tuple[int, tuple[bool, ...]]:
-        stage = stage_for_sigma(t, self.tau1, self.tau2)
+        stage = self.taus.stage(t)
         return stage, active_mask(self.reference_timing, self._reference_counts.get(stage, 0), t)
 
     def _probe_pairs(self, t_high: float, t_low: float) -> list[tuple[int, tuple[bool, ...]]]:
@@ -266,7 +341,7 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         if sigmas.shape[-1] == 0:
             return latent_image
         times = [self._time(sigma) for sigma in sigmas.flatten()]
-        stages = stages_in_range(max(times), min(times), self.tau1, self.tau2)
+        stages = self.taus.stages_in_range(max(times), min(times))
         self._check_stages(stages)
         pairs = [pair for pair in self._probe_pairs(max(times), min(times)) if pair[0] in stages]
         self._check_kv_cache(pairs)
@@ -286,8 +361,6 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         keys |= {key for pair in pairs for key in self._keys_of(*pair)}
         all_conds = self.original_conds
         self.original_conds = {key: value for key, value in all_conds.items() if key in keys}
-        self.stage_log = []
-        self.reference_log = []
         self._shown_stage, self._node_id = None, executing_node_id()
         try:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
@@ -297,8 +370,9 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         t = self._time(timestep.flatten()[0])
         stage, mask = self._stage_and_mask(t)
-        self.stage_log.append((t, stage))
-        self.reference_log.append((t, mask))
+        if MODEL_CALL_OBSERVERS:
+            for observer in MODEL_CALL_OBSERVERS:
+                observer(ModelCall(self, t, stage, mask))
         if stage != self._shown_stage:  # progress text on the sampling node; never fails sampling
             self._shown_stage = stage
             show_text(f"stage {stage}/3: {STAGE_LABELS[stage]}", self._node_id)
@@ -318,3 +392,99 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
             model_options=model_options,
             seed=seed,
         )
+
+
+@dataclass(frozen=True)
+class KSamplerSettings:
+    """What a KSampler takes besides the model, the conditioning, cfg and the latent."""
+
+    seed: int
+    steps: int
+    sampler_name: str
+    scheduler: str
+    denoise: float
+
+
+LATENT_SIZE_TAGS = ("downscale_ratio_spacial", "downscale_ratio_temporal")
+
+
+def consumed_size_tags() -> tuple[str, ...]:
+    """The latent size tags this ComfyUI's KSampler reads (and drops from its output); none on 0.3.64."""
+    parameters = inspect.signature(comfy.sample.fix_empty_latent_channels).parameters
+    return tuple(tag for tag in LATENT_SIZE_TAGS if tag in parameters)
+
+
+def fit_empty_latent(model, latent: dict):
+    """``latent["samples"]`` made fit for ``model`` exactly as this ComfyUI's KSampler does.
+
+    Newer ComfyUI's empty-latent nodes tag the latent with the VAE downscale it assumed
+    (``downscale_ratio_spacial``), and the KSampler resizes an empty latent to the model's own
+    ratio (e.g. 8 -> 16 for FLUX.2); older ComfyUI has neither tags nor the resize.
+    """
+    tags = [latent.get(tag) for tag in consumed_size_tags()]
+    return comfy.sample.fix_empty_latent_channels(model, latent["samples"], *tags)
+
+
+def sampled_latent(latent: dict, samples) -> dict:
+    """The output LATENT like this ComfyUI's KSampler: the input's keys minus the size tags it consumed."""
+    consumed = consumed_size_tags()
+    out = {key: value for key, value in latent.items() if key not in consumed}
+    dtype = getattr(comfy.model_management, "intermediate_dtype", None)
+    kwargs = {"dtype": dtype()} if dtype is not None else {}
+    out["samples"] = samples.to(device=comfy.model_management.intermediate_device(), **kwargs)
+    return out
+
+
+def ksample_with_guider(guider, model, latent: dict, settings: KSamplerSettings) -> dict:
+    """KSampler semantics (seeded noise with batch_index, denoise, noise_mask, previews) with any guider.
+
+    The one execution function of every staged sampler node; a variant only builds its guider.
+    """
+    latent_image = fit_empty_latent(model, latent)
+    noise = comfy.sample.prepare_noise(latent_image, settings.seed, latent.get("batch_index"))
+    sigmas = comfy.samplers.KSampler(
+        model,
+        steps=settings.steps,
+        device=model.load_device,
+        sampler=settings.sampler_name,
+        scheduler=settings.scheduler,
+        denoise=settings.denoise,
+        model_options=model.model_options,
+    ).sigmas
+    sampler = comfy.samplers.sampler_object(settings.sampler_name)
+    callback = latent_preview.prepare_callback(model, settings.steps)
+    samples = guider.sample(
+        noise,
+        latent_image,
+        sampler,
+        sigmas,
+        denoise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=settings.seed,
+    )
+    return sampled_latent(latent, samples)
+
+
+def tau_inputs(tau1_tooltip: str, tau2_tooltip: str) -> list:
+    """The two stage thresholds every staged node takes (paper defaults), with the node's own tooltips."""
+    return [
+        io.Float.Input("tau1", default=DEFAULT_TAU1, min=0.0, max=1.0, step=0.01, tooltip=tau1_tooltip),
+        io.Float.Input("tau2", default=DEFAULT_TAU2, min=0.0, max=1.0, step=0.01, tooltip=tau2_tooltip),
+    ]
+
+
+def stage_input_problem(values: dict) -> str | None:
+    """For a staged node's ``validate_inputs``: what is wrong with tau1/tau2 and reference_timing, or None.
+
+    The same checks as :class:`StagedCFGGuider`'s constructor, run before the prompt; a linked
+    (still unknown, None) input passes.
+    """
+    tau1, tau2 = values.get("tau1"), values.get("tau2")
+    try:
+        if tau1 is not None and tau2 is not None:
+            validate_taus(tau1, tau2)
+        parse_reference_timing(values.get("reference_timing") or "")
+    except DLAInputError as error:
+        return str(error)
+    return None
