@@ -161,28 +161,6 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_loss_curve(prepared, worl
     assert np.allclose(first.losses + second.losses, straight.losses, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_stream_sampler_started_at_a_batch_continues_the_uninterrupted_stream(world_size, batch_size):
-    """The data order is a pure function of the position in the stream: starting at micro-batch k yields exactly
-    what an uninterrupted sampler yields after k micro-batches, for every k (mid-epoch positions included)."""
-    from itertools import islice
-
-    from dla_core.train.trainer import StreamSampler
-
-    num_samples, length = 5, 40
-    for rank in range(world_size):
-        whole = list(islice(iter(StreamSampler(num_samples, batch_size, seed=3, rank=rank, world=world_size)), length))
-        for start in range(1, 7):
-            resumed = StreamSampler(num_samples, batch_size, seed=3, rank=rank, world=world_size, start_batch=start)
-            skip = start * batch_size
-            assert list(islice(iter(resumed), length - skip)) == whole[skip:], (rank, start)
-    # Every epoch of the global stream is a permutation, and epochs differ (the seed moves with the epoch).
-    stream = list(islice(iter(StreamSampler(num_samples, 1, seed=3)), 3 * num_samples))
-    epochs = [stream[i : i + num_samples] for i in range(0, len(stream), num_samples)]
-    assert all(sorted(e) == list(range(num_samples)) for e in epochs) and len({tuple(e) for e in epochs}) > 1
-
-
 def test_export_writes_a_dla_and_lora_that_reload_identically(full_run):
     from safetensors import safe_open
 

@@ -61,11 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
         config = load_config(args.config)
         if args.command == "validate":
+            from .buckets import bucket_histogram, manifest_buckets
+
             records = read_manifest(config.data.manifest) if config.data.manifest else []
             print(
                 f"config OK: {config.total_steps} steps ({config.train.stage1_steps} + {config.train.stage2_steps}), "
                 f"LoRA rank {config.lora.rank}; manifest OK: {len(records)} examples"
             )
+            if records:
+                histogram = bucket_histogram(manifest_buckets(records, config.data))
+                print("target buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in histogram.items()))
         elif args.command == "prepare":
             from .prepare import prepare_cache
 

@@ -3,7 +3,8 @@
 A config file has five sections (every key optional except the paths the chosen command needs)::
 
     model:   {mllm, flux, vae, init_dla, mllm_dtype, vae_dtype}
-    data:    {manifest, cache_dir, resolution, reference_size, shard_size, mllm_image_size, mllm_layers, cache_dtype}
+    data:    {manifest, cache_dir, resolution, aspect_buckets, max_aspect, max_crop, reference_size, shard_size,
+              mllm_image_size, mllm_layers, cache_dtype}
     lora:    {rank, alpha, dropout, target_modules}
     train:   {output_dir, seed, batch_size, stage1_steps, stage2_steps, ...}
     dropout: {mllm_off, identity_off, both_off}
@@ -65,7 +66,10 @@ class DataConfig:
 
     manifest: str | None = None  # JSONL: {"reference": path | [paths], "prompt": str, "target": path}
     cache_dir: str | None = None
-    resolution: int = 1024  # targets are centre-cropped to a square of this side
+    resolution: int = 1024  # target area ~ resolution**2 (aspect buckets) or the side of the square crop
+    aspect_buckets: bool = True  # targets keep their aspect in buckets (dla_core.train.buckets); false = square crop
+    max_aspect: float = 2.0  # widest / tallest bucket (long side / short side)
+    max_crop: float = 0.2  # an image may lose at most this fraction of its side to the bucket's crop
     reference_size: int = 512  # references are resized so the longer side is this (VAE identity)
     shard_size: int = 64  # samples per cache shard
     mllm_image_size: int | None = None  # passed to encode_joint(image_size=...); None = MLLM default
@@ -323,6 +327,8 @@ def validate_values(config: DLATrainingConfig) -> None:
         f"data.reference_size is {d.reference_size}: use a multiple of 16.",
     )
     _require(d.shard_size >= 1, "data.shard_size must be >= 1.")
+    _require(d.max_aspect >= 1.0, f"data.max_aspect is {d.max_aspect}: the long/short side ratio must be >= 1.")
+    _require(0.0 <= d.max_crop < 1.0, f"data.max_crop is {d.max_crop}: must be in [0, 1).")
     _require(d.cache_dtype in CACHE_DTYPES, f"data.cache_dtype '{d.cache_dtype}' is not one of {CACHE_DTYPES}.")
     _require(d.mllm_image_size is None or d.mllm_image_size >= 14, "data.mllm_image_size must be >= 14 or left out.")
     for name in ("mllm_off", "identity_off", "both_off"):

@@ -52,14 +52,16 @@ class ManifestRecord:
     prompt: str
     target: str
     id: str = ""
+    target_size: tuple[int, int] | None = None  # (width, height) from the header; None when images were not checked
 
 
-def _check_image(path: Path, where: str, role: str) -> None:
+def _check_image(path: Path, where: str, role: str) -> tuple[int, int]:
+    """Header checks of one image; returns its (width, height)."""
     if not path.is_file():
         raise DLAInputError(f"{where}: {role} image '{path}' does not exist. Fix the path or remove the line.")
     try:
         with Image.open(path) as image:  # lazy: reads the header only
-            mode = image.mode
+            mode, size = image.mode, image.size
     except (UnidentifiedImageError, OSError) as exc:
         raise DLAInputError(
             f"{where}: {role} '{path}' is not a readable image ({exc}). Re-export it as PNG or JPEG."
@@ -70,6 +72,7 @@ def _check_image(path: Path, where: str, role: str) -> None:
             "Convert it first (e.g. PIL: Image.open(p).convert('RGB').save(p)); for RGBA, flatten on a background you "
             "choose."
         )
+    return size
 
 
 def read_manifest(path: str | Path, check_images: bool = True) -> list[ManifestRecord]:
@@ -112,12 +115,15 @@ def read_manifest(path: str | Path, check_images: bool = True) -> list[ManifestR
         ref_paths = tuple(str(p if (p := Path(r).expanduser()).is_absolute() else base / p) for r in refs)
         target_path = Path(target).expanduser()
         target_path = target_path if target_path.is_absolute() else base / target_path
+        target_size = None
         if check_images:
             for r in ref_paths:
                 _check_image(Path(r), where, "reference")
-            _check_image(target_path, where, "target")
+            target_size = _check_image(target_path, where, "target")
         records.append(
-            ManifestRecord(len(records), ref_paths, prompt.strip(), str(target_path), str(item.get("id", "")))
+            ManifestRecord(
+                len(records), ref_paths, prompt.strip(), str(target_path), str(item.get("id", "")), target_size
+            )
         )
     if not records:
         raise DLAInputError(
@@ -160,6 +166,9 @@ class CachedFeatureDataset:
                 f"({', '.join(missing[:3])}...). "
                 "Run `python -m dla_core.train prepare --config <yaml>` again; it resumes where it stopped."
             )
+        # Target bucket (width, height) per sample; a cache from before buckets holds square targets.
+        resolution = int(self.index.get("resolution", 0))
+        self.buckets = [tuple(b) for b in self.index.get("buckets", [[resolution, resolution]] * self.num_samples)]
         self._shard_name = shard_name
         self._handles: dict[int, object] = {}
         self._prompts: dict[int, str] = {}

@@ -11,7 +11,7 @@ Per sample ``j`` (manifest order) a shard holds, trimmed to the sample's valid t
     {j}.hidden_states   [layers, tokens, width]   (data.cache_dtype)
     {j}.image_mask      [tokens] bool             MLLM image-token positions
     {j}.text_mask       [tokens] bool             MLLM text-token positions
-    {j}.target          [16, H/8, W/8] float32    VAE latent of the target, model space
+    {j}.target          [16, H/8, W/8] float32    VAE latent of the target at its bucket (W, H), model space
     {j}.reference.{k}   [16, h/8, w/8] float32    VAE latent of reference k, model space
 
 "Model space" is ``(mean latent - shift_factor) * scaling_factor`` (what FLUX sees). The
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..errors import DLAInputError
 from ..flux.weights import load_flux_vae
 from ..mllm import encode_joint, load_mllm
+from .buckets import manifest_buckets
 from .config import DLATrainingConfig, require_paths
 from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name, write_json_atomic
 
@@ -65,6 +66,8 @@ def cache_fingerprint(config: DLATrainingConfig) -> str:
         "mllm_layers": d.mllm_layers,
         "cache_dtype": d.cache_dtype,
     }
+    if d.aspect_buckets:  # a square-crop cache from before buckets keeps its fingerprint
+        parts["buckets"] = [d.max_aspect, d.max_crop]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -91,15 +94,15 @@ def _round16(value: float) -> int:
     return max(16, int(round(value / 16)) * 16)
 
 
-def target_pixels(path: str, resolution: int) -> torch.Tensor:
-    """Centre-crop to a square, resize to ``resolution``, -> [3, res, res] in [-1, 1]."""
+def target_pixels(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """Scale to cover the bucket ``size`` = (width, height), centre-crop to it -> [3, height, width] in [-1, 1]."""
+    width, height = size
     with Image.open(path) as image:
         image = image.convert("RGB")
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize(
-            (resolution, resolution), Image.Resampling.BICUBIC
-        )
+        scale = max(width / image.width, height / image.height)
+        crop_w, crop_h = width / scale, height / scale  # the region of the source that fills the bucket
+        left, top = (image.width - crop_w) / 2, (image.height - crop_h) / 2
+        image = image.resize((width, height), Image.Resampling.BICUBIC, box=(left, top, left + crop_w, top + crop_h))
         return _to_tensor(image)
 
 
@@ -150,7 +153,9 @@ def _shard_fingerprint(path: Path) -> str | None:
         return None
 
 
-def _encode_record(record: ManifestRecord, mllm, vae, config: DLATrainingConfig) -> tuple[dict, dict]:
+def _encode_record(
+    record: ManifestRecord, bucket: tuple[int, int], mllm, vae, config: DLATrainingConfig
+) -> tuple[dict, dict]:
     d = config.data
     cache_dtype = getattr(torch, d.cache_dtype)
     references = []
@@ -166,7 +171,7 @@ def _encode_record(record: ManifestRecord, mllm, vae, config: DLATrainingConfig)
         .contiguous(),  # [layers, tokens, width]
         "image_mask": features.image_mask[0, :valid].bool().cpu().contiguous(),
         "text_mask": features.text_mask[0, :valid].bool().cpu().contiguous(),
-        "target": encode_latent(vae, target_pixels(record.target, d.resolution)),
+        "target": encode_latent(vae, target_pixels(record.target, bucket)),
     }
     for k, ref in enumerate(record.references):
         tensors[f"reference.{k}"] = encode_latent(vae, reference_pixels(ref, d.reference_size))
@@ -180,7 +185,13 @@ def _encode_record(record: ManifestRecord, mllm, vae, config: DLATrainingConfig)
     return tensors, feature_meta
 
 
-def _write_index(cache_dir: Path, fingerprint: str, records: list[ManifestRecord], config: DLATrainingConfig) -> None:
+def _write_index(
+    cache_dir: Path,
+    fingerprint: str,
+    records: list[ManifestRecord],
+    buckets: list[tuple[int, int]],
+    config: DLATrainingConfig,
+) -> None:
     index = {
         "version": CACHE_VERSION,
         "fingerprint": fingerprint,
@@ -189,6 +200,7 @@ def _write_index(cache_dir: Path, fingerprint: str, records: list[ManifestRecord
         "num_shards": num_shards(len(records), config.data.shard_size),
         "resolution": config.data.resolution,
         "reference_size": config.data.reference_size,
+        "buckets": [list(b) for b in buckets],  # target (width, height) per sample
     }
     write_json_atomic(cache_dir / CACHE_INDEX, index)  # every rank writes the same content
 
@@ -219,6 +231,7 @@ def prepare_cache(
     """
     require_paths(config, ["data.manifest", "data.cache_dir", "model.mllm", "model.vae"], "prepare")
     records = read_manifest(config.data.manifest)  # validates every line before any model loads
+    buckets = manifest_buckets(records, config.data)  # refuses targets that fit no bucket, before any model loads
     if rank is None or world_size is None:
         from accelerate import PartialState
 
@@ -230,7 +243,7 @@ def prepare_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = cache_fingerprint(config)
     check_cache_compatible(cache_dir, fingerprint)
-    _write_index(cache_dir, fingerprint, records, config)
+    _write_index(cache_dir, fingerprint, records, buckets, config)
 
     total = num_shards(len(records), config.data.shard_size)
     mine = list(range(rank, total, world_size))
@@ -256,7 +269,7 @@ def prepare_cache(
             samples = []
             feature_meta: dict = {}
             for record in records[shard * size : (shard + 1) * size]:
-                sample, feature_meta = _encode_record(record, mllm, vae, config)
+                sample, feature_meta = _encode_record(record, buckets[record.index], mllm, vae, config)
                 for key, value in sample.items():
                     tensors[f"{record.index}.{key}"] = value
                 samples.append(

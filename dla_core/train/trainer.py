@@ -25,7 +25,8 @@ inference shift ``mu = calculate_mu(image tokens)`` (:mod:`dla_core.flux.samplin
 ``fixed`` applies ``sigma = s*u / (1 + (s-1)*u)``. The training guidance value is fed to
 FLUX.1-dev's guidance embedding (diffusers' default 3.5). The loss is unweighted.
 
-Exact resumption: the data order is a pure function of (seed, step) (:class:`StreamSampler`),
+Exact resumption: the data order is a pure function of (seed, step)
+(:class:`dla_core.train.buckets.BucketBatchSampler`: every batch from one aspect bucket),
 all per-step randomness comes from :class:`TrainRNG`, whose state accelerate checkpoints with
 the optimizer, scheduler and global RNG states, so a resumed run reproduces the losses of an
 uninterrupted one. Checkpoints hold only the trainable weights (DLA + LoRA), not the frozen base.
@@ -54,6 +55,7 @@ from ..dtypes import DTYPES
 from ..errors import DLAInputError
 from ..flux.sampling import calculate_mu
 from ..spec import MLLMSpec
+from .buckets import BucketBatchSampler
 from .config import DLATrainingConfig, require_paths
 from .data import CachedFeatureDataset, collate_samples, write_json_atomic
 from .export import export_module, save_run_features
@@ -92,7 +94,6 @@ __all__ = [  # the module's own API plus the names of .module it re-exports for 
     "TRAINABLE_FILE",
     "DLAFluxTrainModule",
     "StepInputs",
-    "StreamSampler",
     "TrainRNG",
     "TrainResult",
     "TrainingProgress",
@@ -140,30 +141,6 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-
-
-class StreamSampler(torch.utils.data.Sampler):
-    """Endless sample order: epoch ``e`` is ``randperm(n)`` seeded by ``seed + e``; process ``rank``
-    of ``world`` takes every ``world``-th index. Starts at micro-batch ``start_batch`` so a resumed
-    run continues exactly where the checkpoint stopped (no batches are skipped or repeated)."""
-
-    def __init__(
-        self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_batch: int = 0
-    ):
-        super().__init__()
-        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world, self.start_batch = rank, world, start_batch
-
-    def __iter__(self):
-        position = self.start_batch * self.batch_size * self.world + self.rank  # in the global stream
-        while True:
-            epoch, offset = divmod(position, self.num_samples)
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + epoch))
-            while offset < self.num_samples:
-                yield int(order[offset])
-                offset += self.world
-                position += self.world
-            # offset ran past the epoch end; position already points into the next epoch
 
 
 # ----------------------------------------------------------------------------- per-step randomness
@@ -370,8 +347,8 @@ def setup_training(
     start_step = progress.step
     end_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
 
-    sampler = StreamSampler(
-        len(dataset),
+    sampler = BucketBatchSampler(
+        dataset.buckets,
         t.batch_size,
         t.seed,
         accelerator.process_index,
@@ -380,8 +357,7 @@ def setup_training(
     )
     loader = torch.utils.data.DataLoader(
         dataset,
-        batch_size=t.batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         collate_fn=collate_samples,
         num_workers=t.num_workers,
         generator=torch.Generator().manual_seed(t.seed),
