@@ -5,6 +5,9 @@ accelerate launch -m dla_core.train --config cfg.yaml      # same, on every GPU/
 python -m dla_core.train validate --config cfg.yaml        # check config + manifest only (seconds)
 python -m dla_core.train prepare --config cfg.yaml [--rank R --world-size W]
 python -m dla_core.train export --config cfg.yaml [--checkpoint DIR] --out DIR
+python -m dla_core.train import folder ROOT [--out manifest.jsonl]             # data set -> manifest (no config)
+python -m dla_core.train import parquet|hf|webdataset SOURCE... --out DIR --prompt-column C \
+    (--reference-column C --target-column C | --pair-column C [--pair-padding 8])
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 
 from ..errors import DLAInputError
 
-COMMANDS = ("train", "prepare", "export", "validate")
+COMMANDS = ("train", "prepare", "export", "validate", "import")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +48,62 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", default=None, help="checkpoints/step-* folder (default: newest)")
             p.add_argument("--out", required=True, help="output folder for dla.safetensors and lora.safetensors")
             p.add_argument("--lora-dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    _add_import_parser(sub)
     return parser
+
+
+def _add_import_parser(sub) -> None:
+    importer = sub.add_parser("import", help="write a manifest from a folder, parquet, HF data set or WebDataset")
+    sources = importer.add_subparsers(dest="source", required=True)
+    folder = sources.add_parser("folder", help="target/<name>.png + <name>.txt, reference/<name>.png or <name>/")
+    folder.add_argument("root", help="the data set folder")
+    folder.add_argument("--out", default=None, help="manifest file (default: ROOT/manifest.jsonl)")
+    folder.add_argument("--reference-dir", default="reference")
+    folder.add_argument("--target-dir", default="target")
+    folder.add_argument("--caption-dir", default=None, help="folder of <name>.txt captions (default: the targets')")
+    for name, help_text in (
+        ("parquet", "parquet files (pyarrow)"),
+        ("hf", "a Hugging Face data set saved with save_to_disk (datasets)"),
+        ("webdataset", "WebDataset tar shards (columns are the member extensions: jpg, txt, ref.png ...)"),
+    ):
+        p = sources.add_parser(name, help=help_text)
+        p.add_argument("paths", nargs="+", help="the files / shards (hf: the data set folder)")
+        p.add_argument("--out", required=True, help="output folder: manifest.jsonl + images/")
+        p.add_argument("--prompt-column", required=True, help="text column; a.b reaches into a struct or JSON")
+        p.add_argument("--reference-column", default=None)
+        p.add_argument("--target-column", default=None)
+        p.add_argument("--pair-column", default=None, help="one image holding both views side by side")
+        p.add_argument("--pair-padding", type=int, default=0, help="px cut from each border of each half")
+        p.add_argument("--pair-order", default="left-right", help="left-right: the left half is the reference")
+        if name == "hf":
+            p.add_argument("--split", default=None, help="split of a DatasetDict (train, test, ...)")
+
+
+def run_import(args) -> str:
+    """The ``import`` command; returns its report."""
+    from . import importers
+
+    if args.source == "folder":
+        report = importers.import_folder(args.root, args.out, args.reference_dir, args.target_dir, args.caption_dir)
+        return report.summary()
+    spec = importers.ColumnSpec(
+        prompt=args.prompt_column,
+        reference=args.reference_column,
+        target=args.target_column,
+        pair=args.pair_column,
+        pair_padding=args.pair_padding,
+        pair_order=args.pair_order,
+    )
+    spec.check()
+    columns = None
+    if args.source == "parquet":
+        columns, rows = importers.parquet_columns(args.paths), importers.parquet_rows(args.paths)
+    elif args.source == "hf":
+        columns, rows = importers.hf_dataset_rows(args.paths[0], args.split)
+    else:
+        rows = importers.webdataset_rows(args.paths)
+    source = f"'{args.paths[0]}'" + (f" (+{len(args.paths) - 1} more)" if len(args.paths) > 1 else "")
+    return importers.import_rows(rows, args.out, spec, columns, source).summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS + ("-h", "--help"):
         argv = ["train"] + argv  # `python -m dla_core.train --config cfg.yaml` trains
     args = build_parser().parse_args(argv)
+    if args.command == "import":
+        try:
+            print(run_import(args))
+        except DLAInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         import torch
 
