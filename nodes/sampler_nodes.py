@@ -157,9 +157,7 @@ class DLAStagedKSampler(io.ComfyNode):
         denoise,
         tau1,
         tau2,
-        negative=None,
-        identity=None,
-        stage3_conditioning=None,
+        **optional_conditionings,  # negative, identity, stage3_conditioning: those connected
     ) -> io.NodeOutput:
         settings = KSamplerSettings(
             seed=seed, steps=steps, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise
@@ -172,9 +170,7 @@ class DLAStagedKSampler(io.ComfyNode):
             cfg=cfg,
             tau1=tau1,
             tau2=tau2,
-            negative=negative,
-            identity=identity,
-            stage3_conditioning=stage3_conditioning,
+            **optional_conditionings,
         )
         return io.NodeOutput(latent)
 
@@ -209,20 +205,11 @@ class DLAStagedGuider(io.ComfyNode):
     validate_inputs = checked_inputs(stage_input_problem)
 
     @classmethod
-    def execute(
-        cls, model, positive, cfg, tau1, tau2, negative=None, identity=None, stage3_conditioning=None
-    ) -> io.NodeOutput:
-        guider = make_staged_guider(
-            model,
-            positive,
-            cfg=cfg,
-            tau1=tau1,
-            tau2=tau2,
-            negative=negative,
-            identity=identity,
-            stage3_conditioning=stage3_conditioning,
+    def execute(cls, model, positive, cfg, tau1, tau2, **optional_conditionings) -> io.NodeOutput:
+        """``optional_conditionings``: negative, identity, stage3_conditioning, those connected."""
+        return io.NodeOutput(
+            make_staged_guider(model, positive, cfg=cfg, tau1=tau1, tau2=tau2, **optional_conditionings)
         )
-        return io.NodeOutput(guider)
 
 
 class DLAStageConditioning(io.ComfyNode):

@@ -23,6 +23,7 @@ from comfy_api.latest import io
 
 from ..dla_core.schedule import TIMING_EXAMPLE
 from .input_checks import checked_inputs
+from .reference_strength import reference_strength_input
 from .staged_guider import (
     KSamplerSettings,
     StagedCFGGuider,
@@ -35,15 +36,25 @@ from .types import CATEGORY
 
 
 def staged_guider_advanced(
-    model, *, cfg: float, tau1: float, tau2: float, positives: dict, negatives: dict, reference_timing: str = ""
+    model,
+    *,
+    cfg: float,
+    tau1: float,
+    tau2: float,
+    positives: dict,
+    negatives: dict,
+    reference_timing: str = "",
+    reference_strength: str = "",
 ) -> StagedCFGGuider:
     """A :class:`StagedCFGGuider` with one (positive, negative) per stage and the reference timing set.
 
     ``positives``/``negatives``: stage -> conditioning or None (an unconnected stage reuses the previous
     one). ``reference_timing`` (e.g. ``"0.95-0, 1-0.5"``): each reference's own active time range, in
-    the order the conditionings hold them (:mod:`dla_core.schedule.timing`).
+    the order the conditionings hold them (:mod:`dla_core.schedule.timing`). ``reference_strength``
+    (e.g. ``"1.0, 0.6"``): each reference's attention weight, constant or a ramp over t
+    (:mod:`dla_core.schedule.strength`).
     """
-    guider = StagedCFGGuider(model, tau1, tau2, reference_timing)
+    guider = StagedCFGGuider(model, tau1, tau2, reference_timing, reference_strength)
     positives, negatives = resolve_stage_conditionings(positives, negatives)
     # a stage left unconnected shares the previous stage's conditioning, and so its reference keys/values
     sources = {stage: (id(positives[stage]), id(negatives[stage])) for stage in positives}
@@ -53,7 +64,12 @@ def staged_guider_advanced(
 
 
 def _stage_dicts(
-    positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
+    positive_stage1,
+    positive_stage2=None,
+    positive_stage3=None,
+    negative_stage1=None,
+    negative_stage2=None,
+    negative_stage3=None,
 ) -> dict:
     """The six stage inputs as :func:`staged_guider_advanced`'s ``positives``/``negatives`` (stage -> conditioning)."""
     return {
@@ -176,6 +192,7 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
                     tooltip="Fraction of the schedule to run (1 = from pure noise).",
                 ),
                 *_stage_and_timing_inputs(),
+                reference_strength_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The denoised latent.")],
         )
@@ -196,22 +213,19 @@ class DLAStagedKSamplerAdvanced(io.ComfyNode):
         denoise,
         tau1,
         tau2,
-        positive_stage2=None,
-        positive_stage3=None,
-        negative_stage1=None,
-        negative_stage2=None,
-        negative_stage3=None,
         reference_timing="",
+        reference_strength="",
+        **later_stages,  # positive_stage2/3, negative_stage1..3: those connected
     ) -> io.NodeOutput:
+        stages = _stage_dicts(positive_stage1, **later_stages)
         guider = staged_guider_advanced(
             model,
             cfg=cfg,
             tau1=tau1,
             tau2=tau2,
             reference_timing=reference_timing,
-            **_stage_dicts(
-                positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
-            ),
+            reference_strength=reference_strength,
+            **stages,
         )
         settings = KSamplerSettings(
             seed=seed, steps=steps, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise
@@ -236,6 +250,7 @@ class DLAStagedGuiderAdvanced(io.ComfyNode):
                 *_stage_conditioning_inputs(),
                 _cfg_input(1.0),
                 *_stage_and_timing_inputs(),
+                reference_strength_input(),
             ],
             outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
         )
@@ -250,21 +265,18 @@ class DLAStagedGuiderAdvanced(io.ComfyNode):
         cfg,
         tau1,
         tau2,
-        positive_stage2=None,
-        positive_stage3=None,
-        negative_stage1=None,
-        negative_stage2=None,
-        negative_stage3=None,
         reference_timing="",
+        reference_strength="",
+        **later_stages,  # positive_stage2/3, negative_stage1..3: those connected
     ) -> io.NodeOutput:
+        stages = _stage_dicts(positive_stage1, **later_stages)
         guider = staged_guider_advanced(
             model,
             cfg=cfg,
             tau1=tau1,
             tau2=tau2,
             reference_timing=reference_timing,
-            **_stage_dicts(
-                positive_stage1, positive_stage2, positive_stage3, negative_stage1, negative_stage2, negative_stage3
-            ),
+            reference_strength=reference_strength,
+            **stages,
         )
         return io.NodeOutput(guider)
