@@ -94,9 +94,9 @@ class InitDLACommand:
 
         parser.add_argument(
             "--mllm",
-            help="Hugging Face-format MLLM folder (only its config.json is read). Optional for the FLUX.2 targets: "
-            "without it the DLA is for the target's own ComfyUI text encoder (flux2: Mistral-Small-3 24B, 5120 wide; "
-            "flux2_klein: Qwen3-4B, 2560; flux2_klein_9b: Qwen3-8B, 4096)",
+            help="Hugging Face-format MLLM folder (only its config.json is read). Optional for the FLUX.2 and Krea 2 "
+            "targets: without it the DLA is for the target's own ComfyUI text encoder (flux2: Mistral-Small-3 24B, "
+            "5120 wide; flux2_klein: Qwen3-4B, 2560; flux2_klein_9b: Qwen3-8B, 4096; krea2: Qwen3-VL-4B, 2560)",
         )
         parser.add_argument(
             "--target",
@@ -131,8 +131,9 @@ class InitDLACommand:
         parser.add_argument(
             "--pool",
             choices=POOL_MODES,
-            help="LAP pooling: flatten (full FC over layers, default) or weighted (factorised; "
-            "much smaller, advised with --init identity at 8B widths)",
+            help="LAP pooling: flatten (full FC over layers, default), weighted (factorised; "
+            "much smaller, advised with --init identity at 8B widths) or stack (every layer in its own slot; the "
+            "krea2 identity default)",
         )
         parser.add_argument("--null-length", type=int, help="length of the learned 'MLLM off' sequence (default 16)")
         parser.add_argument(
@@ -158,7 +159,7 @@ class InitDLACommand:
         else:
             raise DLAInputError(
                 f"--mllm is required for target '{args.target}': give the Hugging Face-format MLLM folder the DLA "
-                "reads (only FLUX.2 targets default to their own text encoder)."
+                "reads (only the FLUX.2 and Krea 2 targets default to their own text encoder)."
             )
         overrides = {
             key: value

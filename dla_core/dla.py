@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from . import krea2
 from .errors import DLACheckpointError, DLAInputError
 from .features import MLLMFeatures
 from .lap import POOL_MODES, LayerwiseAttentionPooling
@@ -88,6 +89,10 @@ TARGETS: dict[str, TargetSpec] = {
     ),
     "flux2": TargetSpec(
         15360,
+    # The DiT fuses the native layers itself (Krea 2): a DLA hands it one slot per layer (LAP pool "stack",
+    # one output projection shared by the slots: ``DLAConfig.output_slots``) instead of a pooled vector.
+    layer_slots: bool = False
+
         0,
         "FLUX.2 [dev] (Mistral-Small-3 24B layers 10, 20, 30 stacked per token: 3 x 5120, no pooled vector)",
         native=NativeEncoder("mistral3", 41, 5120, (10, 20, 30), "Mistral-Small-3 24B (FLUX.2 [dev] text encoder)"),
@@ -97,6 +102,14 @@ TARGETS: dict[str, TargetSpec] = {
         0,
         "FLUX.2 [klein] 4B (Qwen3-4B layers 9, 18, 27 stacked per token: 3 x 2560, no pooled vector)",
         distilled_guidance=False,
+    krea2.TARGET: TargetSpec(
+        krea2.CONTEXT_WIDTH,
+        0,
+        krea2.TARGET_DESCRIPTION,
+        distilled_guidance=False,
+        native=NativeEncoder(krea2.FAMILY, krea2.NUM_STATES, krea2.WIDTH, krea2.TAP_LAYERS, krea2.TEXT_ENCODER_NAME),
+        layer_slots=True,
+    ),
         native=NativeEncoder("qwen3", 37, 2560, (9, 18, 27), "Qwen3-4B (FLUX.2 [klein] 4B text encoder)"),
     ),
     "flux2_klein_9b": TargetSpec(
@@ -194,6 +207,9 @@ class DLAConfig:
                 "it."
             )
         for name, value, allowed in (
+    # The output projection maps each of this many equal slots of the LAP output alone (one shared
+    # lap_output_width/slots -> context_width/slots map): Krea 2's 12 layer slots. 1 = one map over all.
+    output_slots: int = 1
             ("fuse", self.fuse, FUSE_MODES),
             ("init", self.init, INIT_MODES),
             ("lap_pool", self.lap_pool, POOL_MODES),
@@ -240,10 +256,20 @@ class DLAConfig:
                 f"the LAP output must be {len(self.identity_stack) * self.lap_width} wide (lap_out_width), got "
                 f"{self.lap_output_width}."
             )
-        if self.init == "identity" and len(self.identity_stack) > 1 and self.lap_pool != "flatten":
+        if self.init == "identity" and len(self.identity_stack) > 1 and self.lap_pool == "weighted":
             raise DLAInputError(
-                "Identity initialisation that stacks several layers needs lap_pool 'flatten' (the 'weighted' pool "
-                "sums layers into one)."
+                "Identity initialisation that stacks several layers needs lap_pool 'flatten' or 'stack' (the "
+                "'weighted' pool sums layers into one)."
+            )
+        if (
+            not isinstance(self.output_slots, int)
+            or self.output_slots < 1
+            or self.lap_output_width % self.output_slots
+            or self.context_width % self.output_slots
+        ):
+            raise DLAInputError(
+                f"DLA config 'output_slots' must be a positive integer dividing the LAP output width "
+                f"({self.lap_output_width}) and the context width ({self.context_width}), got {self.output_slots!r}."
             )
         if self.init == "identity" and (self.lap_width != self.mllm_width or self.lap_input_norm):
             raise DLAInputError(
@@ -393,7 +419,8 @@ class DualLayerAggregation(nn.Module):
         )
         self.lap_text = LayerwiseAttentionPooling(**lap_kwargs)
         self.lap_image = LayerwiseAttentionPooling(**lap_kwargs)
-        self.output_proj = nn.Linear(config.lap_output_width, config.context_width)
+        slots = config.output_slots
+        self.output_proj = nn.Linear(config.lap_output_width // slots, config.context_width // slots)
         if config.pooled_width:
             self.pooled_norm = nn.LayerNorm(config.context_width)
             self.pooled_proj = nn.Linear(config.context_width, config.pooled_width)
@@ -431,7 +458,7 @@ class DualLayerAggregation(nn.Module):
             lap.init_identity_stack(self.config.identity_stack)
         self.output_proj.weight.zero_()
         self.output_proj.bias.zero_()
-        shared = min(self.config.lap_output_width, self.config.context_width)
+        shared = min(self.output_proj.in_features, self.output_proj.out_features)
         self.output_proj.weight[:shared, :shared] = torch.eye(shared, dtype=self.output_proj.weight.dtype)
 
     # ------------------------------------------------------------------ compatibility
@@ -530,7 +557,7 @@ class DualLayerAggregation(nn.Module):
             if not mask.any():
                 continue
             items = per_token[mask]  # [items, layers, width]
-            values = self.output_proj(lap(items, check_interrupt))  # [items, context_width]
+            values = self.project(lap(items, check_interrupt))  # [items, context_width]
             rows = mask.nonzero()[:, 0]
             out[rows, dest[mask]] = values.to(out.dtype)
         token_mask = torch.arange(out_len, device=out.device)[None, :] < counts[:, None]  # [batch, out_len]
@@ -573,6 +600,15 @@ class DualLayerAggregation(nn.Module):
         tokens = self.null_tokens[None].expand(batch_size, -1, -1)  # [batch, null_length, context_width]
         mask = torch.ones(batch_size, self.config.null_length, dtype=torch.bool, device=tokens.device)
         pooled = None if self.null_pooled is None else self.null_pooled[None].expand(batch_size, -1)
+    def project(self, lap_output: torch.Tensor) -> torch.Tensor:
+        """LAP output ``[items, lap_output_width]`` -> tokens ``[items, context_width]`` (per slot when
+        ``config.output_slots`` > 1: Krea 2's 12 layer slots share one map)."""
+        slots = self.config.output_slots
+        if slots == 1:
+            return self.output_proj(lap_output)
+        per_slot = lap_output.reshape(lap_output.shape[0], slots, -1)  # [items, slots, slot width]
+        return self.output_proj(per_slot).reshape(lap_output.shape[0], -1)
+
         return DLAConditioning(tokens=tokens, token_mask=mask, pooled=pooled)
 
     def drop_to_null(self, conditioning: DLAConditioning, drop: torch.Tensor) -> DLAConditioning:

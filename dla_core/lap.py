@@ -23,9 +23,13 @@ Design choices the paper leaves open (documented, configurable):
 * ``pool="weighted"``: the same fully connected map with a factorised weight, learned per-layer
   scalars times one shared ``lap_width -> out_width`` linear: ``layers + lap_width * out_width``
   parameters. Use it when ``lap_width`` must be large (identity initialisation at 8B widths).
+* ``pool="stack"``: no pooling map: the blocks' output per layer, side by side
+  (``out_width = layers * lap_width``). For a DiT that fuses the layers itself (Krea 2 reads 12
+  Qwen3-VL states per token and pools them with its own layerwise blocks): the DLA hands it one
+  slot per layer, and the blocks still let every slot draw on the others.
 
-Both pools can express "take layer k unchanged" exactly, which the identity initialisation
-uses (:meth:`LayerwiseAttentionPooling.init_identity`).
+The pools can express "take layer k unchanged" exactly, which the identity initialisation
+uses (:meth:`LayerwiseAttentionPooling.init_identity`); ``stack`` passes every layer through.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from torch import nn
 
 from .errors import DLAInputError
 
-POOL_MODES = ("flatten", "weighted")
+POOL_MODES = ("flatten", "weighted", "stack")
 
 
 class LayerAttentionBlock(nn.Module):
@@ -87,11 +91,7 @@ class LayerAttentionBlock(nn.Module):
         probs = scores.softmax(dim=-1)
         attended = (probs @ qkv[2]).transpose(1, 2).reshape(items, layers, width)
         branch = self.attn_out(attended)  # [items, layers, width]
-        residual_norm = x.norm(dim=-1, keepdim=True)  # [items, layers, 1]
-        branch_norm = branch.norm(dim=-1, keepdim=True)
-        eye = torch.eye(layers, dtype=probs.dtype, device=probs.device)
-        mixing = residual_norm * eye + branch_norm * probs.mean(dim=1)  # [items, layers, layers]
-        mixing = mixing / (residual_norm + branch_norm).clamp_min(torch.finfo(mixing.dtype).tiny)
+        mixing = layer_mixing(x, branch, probs.mean(dim=1))  # [items, layers, layers]
         x = x + branch
         return x + self.mlp_out(F.gelu(self.mlp_in(self.mlp_norm(x)))), mixing
 
@@ -138,6 +138,14 @@ class LayerwiseAttentionPooling(nn.Module):
         if pool == "flatten":
             self.pool_fc = nn.Linear(num_layers * lap_width, out_width)
             self.layer_weights = None
+        elif pool == "stack":
+            if out_width != num_layers * lap_width:
+                raise DLAInputError(
+                    f"LAP pool 'stack' outputs every layer side by side: {num_layers} x {lap_width} = "
+                    f"{num_layers * lap_width} wide, but the output width is {out_width}."
+                )
+            self.pool_fc = None
+            self.layer_weights = None
         else:
             self.pool_fc = nn.Linear(lap_width, out_width)
             self.layer_weights = nn.Parameter(torch.full((num_layers,), 1.0 / num_layers))  # [layers]
@@ -183,15 +191,21 @@ class LayerwiseAttentionPooling(nn.Module):
                 f"Identity initialisation of {len(layers)} layer(s) of width {self.lap_width} needs a LAP output "
                 f"{len(layers) * self.lap_width} wide, got {self.out_width}."
             )
-        if len(layers) > 1 and self.pool != "flatten":
-            raise DLAInputError("Stacking several layers needs pool 'flatten'; the 'weighted' pool sums them.")
+        if len(layers) > 1 and self.pool == "weighted":
+            raise DLAInputError("Stacking several layers needs pool 'flatten' or 'stack'; the 'weighted' pool sums them.")
         for layer in layers:
             if not -self.num_layers <= layer < self.num_layers:
                 raise DLAInputError(f"Identity layer {layer} is out of range for {self.num_layers} layers.")
         positions = [layer % self.num_layers for layer in layers]
+        if self.pool == "stack" and positions != list(range(self.num_layers)):
+            raise DLAInputError(
+                f"Pool 'stack' outputs all {self.num_layers} layers in their order; identity layers {layers} differ."
+            )
         self.layer_embedding.zero_()
         for block in self.blocks:
             block.zero_residual_branches()
+        if self.pool == "stack":
+            return
         width = self.lap_width
         eye = torch.eye(width, dtype=self.pool_fc.weight.dtype, device=self.pool_fc.weight.device)
         self.pool_fc.weight.zero_()
@@ -248,6 +262,8 @@ class LayerwiseAttentionPooling(nn.Module):
             if self.pool == "flatten":
                 weight = self.pool_fc.weight.view(self.out_width, self.num_layers, self.lap_width)
                 per_layer = weight.float().pow(2).sum(dim=(0, 2)).sqrt()  # [layers]
+            elif self.pool == "stack":
+                per_layer = torch.ones(self.num_layers)  # every layer has its own slot, unweighted
             else:
                 per_layer = self.layer_weights.float().abs()
             return _normalise(per_layer, dim=0)
@@ -280,12 +296,14 @@ class LayerwiseAttentionPooling(nn.Module):
             terms = torch.einsum("olw,nlw->nlo", weight, x)  # [items, layers, out_width]
             output = terms.sum(dim=1) + self.pool_fc.bias
             readout = terms.norm(dim=-1)  # [items, layers]
+        elif self.pool == "stack":
+            output = x.reshape(x.shape[0], -1)  # [items, layers * lap_width]
+            readout = x.norm(dim=-1)  # each slot is its own layer's state
         else:
             weights = self.layer_weights.to(x.dtype)
             output = self.pool_fc(torch.einsum("nlw,l->nw", x, weights))
             readout = F.linear(x, self.pool_fc.weight).norm(dim=-1) * weights.abs()  # [items, layers]
-        shares = torch.einsum("nl,nlk->nk", _normalise(readout, dim=-1), rollout)
-        return shares, output
+        return rollout_shares(readout, rollout), output
 
     def _forward_items(self, items: torch.Tensor, check_interrupt: Callable[[], None] | None = None) -> torch.Tensor:
         self._check_items(items)
@@ -298,8 +316,32 @@ class LayerwiseAttentionPooling(nn.Module):
             check_interrupt()
         if self.pool == "flatten":
             return self.pool_fc(x.reshape(x.shape[0], -1))  # [items, out_width]
+        if self.pool == "stack":
+            return x.reshape(x.shape[0], -1)  # [items, layers * lap_width]
         pooled = torch.einsum("nlw,l->nw", x, self.layer_weights.to(x.dtype))  # [items, lap_width]
         return self.pool_fc(pooled)
+
+
+def layer_mixing(residual: torch.Tensor, branch: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """How a block whose sequence axis is the layer axis mixes the layers, ``[items, layers, layers]``.
+
+    Row ``i``: ``(|x_i| * e_i + |a_i| * A_i) / (|x_i| + |a_i|)`` with ``x`` the residual entering the block
+    (``residual`` ``[items, layers, width]``), ``a`` the attention branch's output (``branch``, same shape)
+    and ``A`` its attention averaged over heads (``probs`` ``[items, layers, layers]``). Rows sum to 1. Used
+    for the pack's LAP blocks and for Krea 2's own layerwise blocks (``dla_core.krea2``).
+    """
+    layers = residual.shape[1]
+    residual_norm = residual.norm(dim=-1, keepdim=True)  # [items, layers, 1]
+    branch_norm = branch.norm(dim=-1, keepdim=True)
+    eye = torch.eye(layers, dtype=probs.dtype, device=probs.device)
+    mixing = residual_norm * eye + branch_norm * probs  # [items, layers, layers]
+    return mixing / (residual_norm + branch_norm).clamp_min(torch.finfo(mixing.dtype).tiny)
+
+
+def rollout_shares(readout: torch.Tensor, rollout: torch.Tensor) -> torch.Tensor:
+    """Per item, each input layer's share: the read-out per layer slot (``[items, layers]``, any scale) made to
+    sum to 1, then carried back through the blocks' rolled-out mixing (``[items, layers, layers]``)."""
+    return torch.einsum("nl,nlk->nk", _normalise(readout, dim=-1), rollout)
 
 
 def _normalise(values: torch.Tensor, dim: int) -> torch.Tensor:

@@ -328,7 +328,7 @@ def test_target_table_holds_flux_and_qwen_image_widths():
 
 
 def test_unknown_target_is_refused_with_the_supported_list():
-    supported = "flux, flux2, flux2_klein, flux2_klein_9b, qwen_image"
+    supported = "flux, flux2, flux2_klein, flux2_klein_9b, krea2, qwen_image"
     with pytest.raises(DLAInputError, match=f"Unknown target 'sd3'. Supported targets: {supported}"):
         target_spec("sd3")
 
