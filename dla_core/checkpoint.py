@@ -217,12 +217,12 @@ def _native_identity_defaults(spec: MLLMSpec, target: str, overrides: dict[str, 
         "lap_out_width", len(overrides["identity_layers"]) * int(overrides.get("lap_width", spec.width))
     )
     overrides.setdefault("fuse", "sequence")
-    context_width = int(overrides.get("context_width", target_spec(target).context_width))
-    if overrides["lap_out_width"] != context_width:
-        raise DLAInputError(
     if target_spec(target).layer_slots:  # Krea 2 fuses the layers itself: one slot per layer, one shared map
         overrides.setdefault("lap_pool", "stack")
         overrides.setdefault("output_slots", len(layers))
+    context_width = int(overrides.get("context_width", target_spec(target).context_width))
+    if overrides["lap_out_width"] != context_width:
+        raise DLAInputError(
             f"Target '{target}' takes {context_width}-wide tokens: {len(layers)} stacked layers of {native.name} "
             f"({native.width} wide). This {spec.family} MLLM is {spec.width} wide, so identity initialisation "
             "cannot reproduce the native conditioning; use --init random."

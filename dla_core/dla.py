@@ -80,19 +80,27 @@ class TargetSpec:
     description: str
     distilled_guidance: bool = True  # the DiT reads a "guidance" value from its conditioning (FLUX-dev/Kontext)
     native: Optional[NativeEncoder] = None  # the DiT's own LLM text encoder, for identity init and checks
+    # The DiT fuses the native layers itself (Krea 2): a DLA hands it one slot per layer (LAP pool "stack",
+    # one output projection shared by the slots: ``DLAConfig.output_slots``) instead of a pooled vector.
+    layer_slots: bool = False
+
 
 
 TARGETS: dict[str, TargetSpec] = {
     "flux": TargetSpec(4096, 768, "FLUX.1 (T5-XXL token slot 4096 wide, CLIP-L pooled 768)"),
+    krea2.TARGET: TargetSpec(
+        krea2.CONTEXT_WIDTH,
+        0,
+        krea2.TARGET_DESCRIPTION,
+        distilled_guidance=False,
+        native=NativeEncoder(krea2.FAMILY, krea2.NUM_STATES, krea2.WIDTH, krea2.TAP_LAYERS, krea2.TEXT_ENCODER_NAME),
+        layer_slots=True,
+    ),
     "qwen_image": TargetSpec(
         3584, 0, "Qwen-Image (Qwen2.5-VL-7B token slot 3584 wide, no pooled vector)", distilled_guidance=False
     ),
     "flux2": TargetSpec(
         15360,
-    # The DiT fuses the native layers itself (Krea 2): a DLA hands it one slot per layer (LAP pool "stack",
-    # one output projection shared by the slots: ``DLAConfig.output_slots``) instead of a pooled vector.
-    layer_slots: bool = False
-
         0,
         "FLUX.2 [dev] (Mistral-Small-3 24B layers 10, 20, 30 stacked per token: 3 x 5120, no pooled vector)",
         native=NativeEncoder("mistral3", 41, 5120, (10, 20, 30), "Mistral-Small-3 24B (FLUX.2 [dev] text encoder)"),
@@ -102,14 +110,6 @@ TARGETS: dict[str, TargetSpec] = {
         0,
         "FLUX.2 [klein] 4B (Qwen3-4B layers 9, 18, 27 stacked per token: 3 x 2560, no pooled vector)",
         distilled_guidance=False,
-    krea2.TARGET: TargetSpec(
-        krea2.CONTEXT_WIDTH,
-        0,
-        krea2.TARGET_DESCRIPTION,
-        distilled_guidance=False,
-        native=NativeEncoder(krea2.FAMILY, krea2.NUM_STATES, krea2.WIDTH, krea2.TAP_LAYERS, krea2.TEXT_ENCODER_NAME),
-        layer_slots=True,
-    ),
         native=NativeEncoder("qwen3", 37, 2560, (9, 18, 27), "Qwen3-4B (FLUX.2 [klein] 4B text encoder)"),
     ),
     "flux2_klein_9b": TargetSpec(
@@ -170,6 +170,9 @@ class DLAConfig:
     # Identity init: LAP layer positions whose states are stacked side by side in the LAP output
     # (None = [identity_layer] alone). FLUX.2's text encoders stack three layers per token.
     identity_layers: Optional[list[int]] = None
+    # The output projection maps each of this many equal slots of the LAP output alone (one shared
+    # lap_output_width/slots -> context_width/slots map): Krea 2's 12 layer slots. 1 = one map over all.
+    output_slots: int = 1
     version: int = DLA_CONFIG_VERSION
     extra: dict = field(default_factory=dict)  # free-form: training recipe, notes
 
@@ -207,9 +210,6 @@ class DLAConfig:
                 "it."
             )
         for name, value, allowed in (
-    # The output projection maps each of this many equal slots of the LAP output alone (one shared
-    # lap_output_width/slots -> context_width/slots map): Krea 2's 12 layer slots. 1 = one map over all.
-    output_slots: int = 1
             ("fuse", self.fuse, FUSE_MODES),
             ("init", self.init, INIT_MODES),
             ("lap_pool", self.lap_pool, POOL_MODES),
@@ -563,6 +563,15 @@ class DualLayerAggregation(nn.Module):
         token_mask = torch.arange(out_len, device=out.device)[None, :] < counts[:, None]  # [batch, out_len]
         return DLAConditioning(tokens=out, token_mask=token_mask, pooled=self._pool(out, token_mask))
 
+    def project(self, lap_output: torch.Tensor) -> torch.Tensor:
+        """LAP output ``[items, lap_output_width]`` -> tokens ``[items, context_width]`` (per slot when
+        ``config.output_slots`` > 1: Krea 2's 12 layer slots share one map)."""
+        slots = self.config.output_slots
+        if slots == 1:
+            return self.output_proj(lap_output)
+        per_slot = lap_output.reshape(lap_output.shape[0], slots, -1)  # [items, slots, slot width]
+        return self.output_proj(per_slot).reshape(lap_output.shape[0], -1)
+
     def _destinations(self, text_mask: torch.Tensor, image_mask: torch.Tensor) -> list:
         """``(mask, destination slot per token, LAP)`` for text and image tokens, per ``config.fuse``.
 
@@ -600,15 +609,6 @@ class DualLayerAggregation(nn.Module):
         tokens = self.null_tokens[None].expand(batch_size, -1, -1)  # [batch, null_length, context_width]
         mask = torch.ones(batch_size, self.config.null_length, dtype=torch.bool, device=tokens.device)
         pooled = None if self.null_pooled is None else self.null_pooled[None].expand(batch_size, -1)
-    def project(self, lap_output: torch.Tensor) -> torch.Tensor:
-        """LAP output ``[items, lap_output_width]`` -> tokens ``[items, context_width]`` (per slot when
-        ``config.output_slots`` > 1: Krea 2's 12 layer slots share one map)."""
-        slots = self.config.output_slots
-        if slots == 1:
-            return self.output_proj(lap_output)
-        per_slot = lap_output.reshape(lap_output.shape[0], slots, -1)  # [items, slots, slot width]
-        return self.output_proj(per_slot).reshape(lap_output.shape[0], -1)
-
         return DLAConditioning(tokens=tokens, token_mask=mask, pooled=pooled)
 
     def drop_to_null(self, conditioning: DLAConditioning, drop: torch.Tensor) -> DLAConditioning:
