@@ -6,9 +6,10 @@ into their own temporary trees. Without the variable, :func:`cached_path` builds
 fallback folder, as before.
 
 Layout: ``$DLA_TINY_MODELS_CACHE/trees-<digest>/<name>``. The digest hashes the sources the tiny
-builders run (``tests/lib/dla_tiny``, ``tests/lib/dla_harness/tree.py``, ``tests/integration/tiny_*.py``,
-``dla_core``), so a change
-to any of them builds afresh -- nobody has to remember to bump a version. Bounded: after a build,
+builders run (:data:`SOURCES`: ``tests/lib/dla_tiny``, ``tests/lib/dla_harness/tree.py``,
+``tests/integration/tiny_*.py``, ``dla_core/selftest_models.py``, ``dla_core/checkpoint.py``) and :data:`TREE_FORMAT`, so a change to
+a builder builds afresh by itself; a change of the DLA file format (the tiny tree holds DLA files made by
+``init-dla``) bumps :data:`TREE_FORMAT`. Bounded: after a build,
 only the :data:`KEEP` most recently used ``trees-*`` folders are kept (a folder used in the last
 :data:`IN_USE_S` seconds is never removed: a run of another checkout may be reading it). Every entry
 is built under a temporary name and renamed into place, so a run killed mid-build never leaves a half
@@ -27,12 +28,16 @@ from pathlib import Path
 from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# What the tiny files and trees are built from. Not the rest of dla_core: the pack's code changes all the time
+# and the trees only need its DLA file format, which changes rarely -- bump TREE_FORMAT when it does.
 SOURCES = (
     "tests/lib/dla_tiny/**/*.py",
     "tests/lib/dla_harness/tree.py",
     "tests/integration/tiny_*.py",
-    "dla_core/**/*.py",
+    "dla_core/selftest_models.py",
+    "dla_core/checkpoint.py",  # save_dla / load_dla: the DLA files in the tiny tree
 )
+TREE_FORMAT = "5"  # bump when init-dla or the DLA module's weights change (the tiny tree holds DLA files)
 KEEP = 2
 IN_USE_S = 3600.0
 ENV = "DLA_TINY_MODELS_CACHE"
@@ -41,7 +46,7 @@ ENV = "DLA_TINY_MODELS_CACHE"
 @lru_cache(maxsize=1)
 def builders_digest() -> str:
     """12 hex digits of sha256 over the tiny builders' sources (path and bytes of each, sorted)."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(TREE_FORMAT.encode() + b"\0")
     files = sorted({path for pattern in SOURCES for path in REPO_ROOT.glob(pattern) if "__pycache__" not in path.parts})
     for path in files:
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
