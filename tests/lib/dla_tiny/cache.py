@@ -7,10 +7,10 @@ fallback folder, as before.
 
 Layout: ``$DLA_TINY_MODELS_CACHE/trees-<digest>/<name>``. The digest hashes the sources the tiny
 builders run (:data:`SOURCES`: ``tests/lib/dla_tiny``, ``tests/lib/dla_harness/tree.py``,
-``tests/integration/tiny_*.py``, ``dla_core/selftest_models.py``, ``dla_core/checkpoint.py``) and :data:`TREE_FORMAT`, so a change to
-a builder builds afresh by itself; a change of the DLA file format (the tiny tree holds DLA files made by
-``init-dla``) bumps :data:`TREE_FORMAT`. Bounded: after a build,
-only the :data:`KEEP` most recently used ``trees-*`` folders are kept (a folder used in the last
+``tests/integration/tiny_*.py``, ``dla_core/selftest_models.py``, ``dla_core/checkpoint.py``) and
+:data:`TREE_FORMAT`, so a change to a builder builds afresh by itself; a change of init-dla or of the DLA
+module's weights (the tiny tree holds DLA files) bumps :data:`TREE_FORMAT`. Bounded: after a build, only
+the :data:`KEEP` most recently used ``trees-*`` folders are kept (a folder used in the last
 :data:`IN_USE_S` seconds is never removed: a run of another checkout may be reading it). Every entry
 is built under a temporary name and renamed into place, so a run killed mid-build never leaves a half
 file or folder that a later run would use.
