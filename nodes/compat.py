@@ -37,8 +37,8 @@ def comfy_has_flux2() -> bool:
 def flux2_missing_message() -> str:
     """The one line for a ComfyUI without FLUX.2: logged once at load, raised by every FLUX.2 node of the pack."""
     return (
-        f"FLUX.2 needs ComfyUI >= {FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}); this ComfyUI is "
-        f"{comfyui_version()} and has no FLUX.2. Update ComfyUI for the DLA pack's FLUX.2 nodes and workflows; "
+        f"FLUX.2 needs ComfyUI >= {FLUX2_MIN_COMFYUI} (FLUX.2 [klein]: >= {KLEIN_MIN_COMFYUI}); this ComfyUI "
+        f"({comfyui_version()}) has no FLUX.2. Update ComfyUI for the DLA pack's FLUX.2 nodes and workflows; "
         "FLUX.1, FLUX Kontext and Qwen-Image-Edit staging work here."
     )
 

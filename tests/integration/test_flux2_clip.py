@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PROMPT = "a red fox sitting on a mossy rock, morning light"
 NEEDS_NEWER = (
     r"^FLUX\.2 needs ComfyUI >= 0\.3\.72 \(FLUX\.2 \[klein\]: >= 0\.9\.2\); "
-    r"this ComfyUI is [0-9][^ ]* and has no FLUX\.2\. Update ComfyUI"
+    r"this ComfyUI \([0-9][^ ]*\) has no FLUX\.2\. Update ComfyUI"
 )
 # encoder -> (file builder, model options, family, decoder layers, native layers, target)
 ENCODERS = {
@@ -91,7 +91,7 @@ def test_a_comfyui_without_flux2_gets_one_clear_version_line(pack, errors):
     import comfyui_version
 
     message = pack_module("nodes.compat").flux2_missing_message()  # the line the pack also logs at load
-    assert re.match(NEEDS_NEWER, message) and f"this ComfyUI is {comfyui_version.__version__} " in message
+    assert re.match(NEEDS_NEWER, message) and f"this ComfyUI ({comfyui_version.__version__}) " in message
     assert "\n" not in message
     if comfy_has_flux2_text_encoders():
         return

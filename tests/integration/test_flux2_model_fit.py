@@ -15,7 +15,7 @@ from dla_harness import pack_module
 
 pytestmark = pytest.mark.integration
 
-NEEDS_NEWER = r"^FLUX\.2 needs ComfyUI >= 0\.3\.72 .*this ComfyUI is [0-9][^ ]* and has no FLUX\.2\. Update ComfyUI"
+NEEDS_NEWER = r"^FLUX\.2 needs ComfyUI >= 0\.3\.72 .*this ComfyUI \([0-9][^ ]*\) has no FLUX\.2\. Update ComfyUI"
 
 
 def _features(family: str, num_layers: int, width: int, tokens: int = 4):
