@@ -48,7 +48,6 @@ class LoadedMLLM:
         return next(self.model.parameters()).device
 
 
-
 def _model_class(family: str):
     import transformers
 
