@@ -4,7 +4,7 @@ A config file has five sections (every key optional except the paths the chosen 
 
     model:   {mllm, flux, vae, init_dla, mllm_dtype, vae_dtype}
     data:    {manifest, cache_dir, resolution, aspect_buckets, max_aspect, max_crop, reference_size, shard_size,
-              mllm_image_size, mllm_layers, cache_dtype}
+              mllm_image_size, mllm_layers, cache_dtype, features}
     lora:    {rank, alpha, dropout, target_modules}
     train:   {output_dir, seed, batch_size, stage1_steps, stage2_steps, ...}
     dropout: {mllm_off, identity_off, both_off}
@@ -45,7 +45,8 @@ PAPER_LORA_RANK = 512
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 TIMESTEP_SHIFTS = ("none", "resolution", "fixed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
-CACHE_DTYPES = tuple(TORCH_DTYPE_NAMES)  # bfloat16, float16, float32
+CACHE_DTYPES = (*TORCH_DTYPE_NAMES, "float8_e4m3fn")  # bfloat16, float16, float32; 8-bit float with a scale
+FEATURE_MODES = ("cached", "online")
 
 
 @dataclass
@@ -74,7 +75,8 @@ class DataConfig:
     shard_size: int = 64  # samples per cache shard
     mllm_image_size: int | None = None  # passed to encode_joint(image_size=...); None = MLLM default
     mllm_layers: list[int] | None = None  # keep only these MLLM layers; None = all (paper)
-    cache_dtype: str = "bfloat16"  # dtype of cached MLLM hidden states
+    cache_dtype: str = "bfloat16"  # dtype of cached MLLM hidden states (float8_e4m3fn: half the disk, ~3% error)
+    features: str = "cached"  # cached: prepare writes them, training reads; online: the frozen MLLM runs in training
 
 
 @dataclass
@@ -330,6 +332,12 @@ def validate_values(config: DLATrainingConfig) -> None:
     _require(d.max_aspect >= 1.0, f"data.max_aspect is {d.max_aspect}: the long/short side ratio must be >= 1.")
     _require(0.0 <= d.max_crop < 1.0, f"data.max_crop is {d.max_crop}: must be in [0, 1).")
     _require(d.cache_dtype in CACHE_DTYPES, f"data.cache_dtype '{d.cache_dtype}' is not one of {CACHE_DTYPES}.")
+    _require(d.features in FEATURE_MODES, f"data.features '{d.features}' is not one of {FEATURE_MODES}.")
+    _require(
+        d.features == "cached" or t.num_workers == 0,
+        f"data.features: online runs the MLLM on the GPU in the training process; set train.num_workers to 0 (it is "
+        f"{t.num_workers}).",
+    )
     _require(d.mllm_image_size is None or d.mllm_image_size >= 14, "data.mllm_image_size must be >= 14 or left out.")
     for name in ("mllm_off", "identity_off", "both_off"):
         rate = getattr(dr, name)

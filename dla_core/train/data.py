@@ -25,6 +25,26 @@ ACCEPTED_IMAGE_MODES = ("RGB",)
 
 # The cache ``prepare`` writes and :class:`CachedFeatureDataset` reads: an index file and numbered shards.
 CACHE_INDEX = "cache.json"
+# 8-bit float storage of the MLLM hidden states: e4m3 (3 mantissa bits, max 448) with one float32 scale per layer
+# and token (MLLM hidden states hold outliers of thousands, far beyond e4m3's range without a scale).
+FP8_STORAGE = "float8_e4m3fn"
+FP8_MAX = 448.0
+
+
+def store_hidden_states(hidden: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+    """[layers, tokens, width] -> the tensors a shard holds for them: ``hidden_states`` in ``storage`` dtype
+    (bfloat16 / float16 / float32 / float8_e4m3fn) and, for float8, ``hidden_scale`` [layers, tokens, 1] float32."""
+    if storage != FP8_STORAGE:
+        return {"hidden_states": hidden.to("cpu", getattr(torch, storage)).contiguous()}
+    hidden = hidden.float().cpu()
+    scale = (hidden.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    quantized = (hidden / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return {"hidden_states": quantized.contiguous(), "hidden_scale": scale.contiguous()}
+
+
+def load_hidden_states(hidden: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Inverse of :func:`store_hidden_states`: float8 values times their scale (float32); other dtypes as stored."""
+    return hidden if scale is None else hidden.float() * scale
 
 
 def shard_name(index: int) -> str:
@@ -173,6 +193,7 @@ class CachedFeatureDataset:
         self._handles: dict[int, object] = {}
         self._prompts: dict[int, str] = {}
         self.feature_meta = json.loads(self._handle(0).metadata()["features"])
+        self.feature_source = f"the MLLM the cache '{self.cache_dir}' was prepared with"
 
     def _handle(self, shard: int):
         if shard not in self._handles:
@@ -195,11 +216,13 @@ class CachedFeatureDataset:
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
         handle = self._handle(index // self.shard_size)
-        keys = [k for k in handle.keys() if k.startswith(f"{index}.reference.")]
+        names = set(handle.keys())
+        keys = [k for k in names if k.startswith(f"{index}.reference.")]
+        scale = handle.get_tensor(f"{index}.hidden_scale") if f"{index}.hidden_scale" in names else None
         return {
             "index": index,
             "prompt": self._prompts[index],
-            "hidden_states": handle.get_tensor(f"{index}.hidden_states"),
+            "hidden_states": load_hidden_states(handle.get_tensor(f"{index}.hidden_states"), scale),
             "image_mask": handle.get_tensor(f"{index}.image_mask"),
             "text_mask": handle.get_tensor(f"{index}.text_mask"),
             "target": handle.get_tensor(f"{index}.target"),

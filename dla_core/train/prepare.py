@@ -9,6 +9,7 @@ Training then never runs the (8B) MLLM or the VAE encoder. Layout of ``data.cach
 Per sample ``j`` (manifest order) a shard holds, trimmed to the sample's valid tokens:
 
     {j}.hidden_states   [layers, tokens, width]   (data.cache_dtype)
+    {j}.hidden_scale    [layers, tokens, 1]       float32, only for cache_dtype float8_e4m3fn (value x scale)
     {j}.image_mask      [tokens] bool             MLLM image-token positions
     {j}.text_mask       [tokens] bool             MLLM text-token positions
     {j}.target          [16, H/8, W/8] float32    VAE latent of the target at its bucket (W, H), model space
@@ -42,7 +43,7 @@ from ..flux.weights import load_flux_vae
 from ..mllm import encode_joint, load_mllm
 from .buckets import manifest_buckets
 from .config import DLATrainingConfig, require_paths
-from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name, write_json_atomic
+from .data import CACHE_INDEX, ManifestRecord, read_manifest, shard_name, store_hidden_states, write_json_atomic
 
 CACHE_VERSION = 1
 
@@ -153,11 +154,16 @@ def _shard_fingerprint(path: Path) -> str | None:
         return None
 
 
-def _encode_record(
+def encode_record(
     record: ManifestRecord, bucket: tuple[int, int], mllm, vae, config: DLATrainingConfig
 ) -> tuple[dict, dict]:
+    """One manifest record -> (tensors, feature metadata): what prepare caches and online training computes.
+
+    Tensors: ``hidden_states`` [layers, tokens, width] in the MLLM's dtype on its device (prepare casts it to the
+    storage dtype), ``image_mask`` / ``text_mask`` [tokens] bool, ``target`` [16, H/8, W/8] at ``bucket``,
+    ``reference.{k}`` [16, h/8, w/8] (float32, CPU).
+    """
     d = config.data
-    cache_dtype = getattr(torch, d.cache_dtype)
     references = []
     for ref in record.references:
         with Image.open(ref) as image:
@@ -166,9 +172,7 @@ def _encode_record(
     valid = int(features.attention_mask[0].sum())
     # Right-padded: the first `valid` positions are the sample's tokens.
     tensors = {
-        "hidden_states": features.hidden_states[0, :, :valid]
-        .to("cpu", cache_dtype)
-        .contiguous(),  # [layers, tokens, width]
+        "hidden_states": features.hidden_states[0, :, :valid],  # [layers, tokens, width]
         "image_mask": features.image_mask[0, :valid].bool().cpu().contiguous(),
         "text_mask": features.text_mask[0, :valid].bool().cpu().contiguous(),
         "target": encode_latent(vae, target_pixels(record.target, bucket)),
@@ -269,7 +273,8 @@ def prepare_cache(
             samples = []
             feature_meta: dict = {}
             for record in records[shard * size : (shard + 1) * size]:
-                sample, feature_meta = _encode_record(record, buckets[record.index], mllm, vae, config)
+                sample, feature_meta = encode_record(record, buckets[record.index], mllm, vae, config)
+                sample.update(store_hidden_states(sample.pop("hidden_states"), config.data.cache_dtype))
                 for key, value in sample.items():
                     tensors[f"{record.index}.{key}"] = value
                 samples.append(

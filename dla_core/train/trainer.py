@@ -57,7 +57,7 @@ from ..flux.sampling import calculate_mu
 from ..spec import MLLMSpec
 from .buckets import BucketBatchSampler
 from .config import DLATrainingConfig, require_paths
-from .data import CachedFeatureDataset, collate_samples, write_json_atomic
+from .data import collate_samples, write_json_atomic
 from .export import export_module, save_run_features
 from .module import (
     BOTH_OFF,
@@ -79,6 +79,7 @@ from .module import (
     load_trainable,
     trainable_state_dict,
 )
+from .online import feature_dataset
 
 logger = logging.getLogger(__name__)
 LOSS_CSV = "loss.csv"
@@ -210,15 +211,15 @@ def _read_json(path: Path) -> dict:
 
 def preflight(config: DLATrainingConfig):
     """All cheap checks before any model loads: paths, cache completeness, DLA <-> MLLM/FLUX shapes."""
-    require_paths(config, ["model.flux", "model.init_dla", "data.cache_dir", "train.output_dir"], "train")
-    dataset = CachedFeatureDataset(config.data.cache_dir)
+    require_paths(config, ["model.flux", "model.init_dla", "train.output_dir"], "train")
+    dataset = feature_dataset(config)  # the cache, or the manifest for online features (models load later)
     dla_config = read_dla_config(config.model.init_dla)
     meta = dataset.feature_meta
     check_mllm_compatible(
         dla_config,
         MLLMSpec(meta["family"], int(meta["num_layers"]), int(meta["width"]), meta.get("model_name", "")),
         held_layers=meta["layer_indices"],
-        source=f"the MLLM the cache '{config.data.cache_dir}' was prepared with",
+        source=dataset.feature_source,
         fix_missing="Prepare the cache again keeping these layers (data.mllm_layers).",
     )
     flux_path = Path(config.model.flux)
@@ -319,6 +320,8 @@ def setup_training(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if config.data.features == "online":  # before the seed: loading must not move the LoRA's initial draw
+        dataset.load(accelerator.device)  # the frozen MLLM + VAE, on this process's GPU
     set_seed(t.seed)  # the LoRA's A matrices are drawn from the global generator
     base_dtype = DTYPES.get(t.mixed_precision, torch.float32)  # "no" -> fp32
     module = build_module(config, dataset.feature_meta, base_dtype)
