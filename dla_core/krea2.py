@@ -37,7 +37,8 @@ TARGET_DESCRIPTION = (
     "pooled vector)"
 )
 REFERENCE_METHODS = ("index", "index_timestep_zero")  # what Krea 2's DiT reads; "index" is its default
-MIN_COMFYUI = "0.33.0"  # the first ComfyUI the pack has seen with Krea 2 (comfy/ldm/krea2)
+# The ComfyUI the pack tests Krea 2 on (its first release with Krea 2 is not known here).
+TESTED_COMFYUI = "0.33.0"
 MAX_REFERENCES = 6  # reference IMAGE inputs of the joint-encode node (each may be a batch)
 
 

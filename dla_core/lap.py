@@ -192,7 +192,7 @@ class LayerwiseAttentionPooling(nn.Module):
                 f"{len(layers) * self.lap_width} wide, got {self.out_width}."
             )
         if len(layers) > 1 and self.pool == "weighted":
-            raise DLAInputError("Stacking several layers needs pool 'flatten' or 'stack'; the 'weighted' pool sums them.")
+            raise DLAInputError("Stacking several layers needs pool 'flatten' or 'stack'; 'weighted' sums them.")
         for layer in layers:
             if not -self.num_layers <= layer < self.num_layers:
                 raise DLAInputError(f"Identity layer {layer} is out of range for {self.num_layers} layers.")

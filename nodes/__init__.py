@@ -8,6 +8,7 @@ from typing_extensions import override
 from .dla_nodes import DLAAggregate, DLALoader
 from .flux2_clip import DLAFlux2TextEncode
 from .identity_nodes import DLAVAEIdentityEncode
+from .krea2_clip import DLAKrea2JointEncode
 from .layer_map_nodes import DLALayerMap
 from .mllm_nodes import DLAMLLMJointEncode, DLAMLLMLoader
 from .model_folders import register_model_folders
@@ -31,6 +32,7 @@ NODES: list[type[io.ComfyNode]] = [
     DLAStagedKSamplerAdvanced,
     DLAStagedGuiderAdvanced,
     DLALayerMap,
+    DLAKrea2JointEncode,
 ]
 
 

@@ -4,12 +4,15 @@ The pack supports ComfyUI 0.3.64 onwards. FLUX.2 [dev] arrived in ComfyUI 0.3.72
 [klein] (Qwen3 text encoder) in 0.9.2; Qwen-Image-Edit-2511's ``index_timestep_zero`` placement
 later than 0.3.64 too. On an older ComfyUI everything else keeps working; the FLUX.2 workflows
 cannot load there (ComfyUI's own loaders lack the model types), and the pack says so once, at load;
-its FLUX.2 nodes raise the same line when run there.
+its FLUX.2 nodes raise the same line when run there. Krea 2 (``comfy/ldm/krea2``) is in ComfyUI 0.33 and
+not in 0.3.64; it gets its own line the same way.
 """
 
 from __future__ import annotations
 
 import logging
+
+from ..dla_core.krea2 import TESTED_COMFYUI as KREA2_TESTED_COMFYUI
 
 # From public release notes / issue threads (not ComfyUI's git history): FLUX.2 [dev] in 0.3.72, [klein]'s
 # Qwen3 encoders in 0.9.2.
@@ -43,7 +46,25 @@ def flux2_missing_message() -> str:
     )
 
 
+def comfy_has_krea2() -> bool:
+    """Whether this ComfyUI implements Krea 2 (its DiT ``comfy.ldm.krea2`` and text encoder, CLIPLoader type krea2)."""
+    import importlib.util
+
+    return importlib.util.find_spec("comfy.ldm.krea2") is not None
+
+
+def krea2_missing_message() -> str:
+    """The one line for a ComfyUI without Krea 2: logged once at load, raised by every Krea 2 node of the pack."""
+    return (
+        f"Krea 2 needs a newer ComfyUI (one with comfy/ldm/krea2 and CLIPLoader type krea2; tested: "
+        f"{KREA2_TESTED_COMFYUI}); this ComfyUI is {comfyui_version()} and has no Krea 2. Update ComfyUI for the DLA "
+        "pack's Krea 2 nodes and workflows; the other families' nodes work here."
+    )
+
+
 def log_missing_families() -> None:
     """Log one line per model family this ComfyUI lacks (called once when the pack loads)."""
     if not comfy_has_flux2():
         logging.warning(flux2_missing_message())
+    if not comfy_has_krea2():
+        logging.warning(krea2_missing_message())

@@ -160,7 +160,7 @@ def capture_all_layers(modules: dict):
 VISION_PROBE_WEIGHTS = ("patch_embed.proj.weight", "merger.mlp.2.weight")  # first and last layer of the tower
 
 
-def _holds_weights(weight: torch.Tensor) -> bool:
+def holds_weights(weight: torch.Tensor) -> bool:
     """Whether a parameter looks loaded from a file rather than left as ComfyUI allocated it.
 
     ComfyUI allocates parameters without initialising them; a file without ``visual.*`` keys
@@ -191,7 +191,7 @@ def check_vision_tower(modules: dict) -> None:
             raise DLAInputError(
                 f"This ComfyUI's Qwen2.5-VL vision tower has no '{name}'; update the DLA pack."
             ) from None
-        if not _holds_weights(weight):
+        if not holds_weights(weight):
             raise DLAInputError(
                 "The vision tower of this Qwen2.5-VL text encoder holds no weights (the file lacks visual.*). " + fix
             )

@@ -135,9 +135,7 @@ def test_stack_pool_needs_every_layer_in_its_own_slot():
 
 def test_cli_writes_a_krea2_identity_dla_without_an_mllm_folder(tmp_path, capsys):
     out = tmp_path / "krea2_identity.safetensors"
-    code = cli_main(
-        ["init-dla", "--target", "krea2", "--init", "identity", "--lap-blocks", "0", "--out", str(out)]
-    )
+    code = cli_main(["init-dla", "--target", "krea2", "--init", "identity", "--lap-blocks", "0", "--out", str(out)])
     assert code == 0 and "-> krea2" in capsys.readouterr().out
     config = load_dla(out).config
     assert (config.mllm_family, config.num_layers, config.mllm_width) == ("qwen3_vl", 37, 2560)

@@ -21,6 +21,7 @@ NODE_IDS = [
     "DLAStagedKSamplerAdvanced",
     "DLAStagedGuiderAdvanced",
     "DLALayerMap",
+    "DLAKrea2JointEncode",
 ]
 
 

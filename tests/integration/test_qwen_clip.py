@@ -257,7 +257,7 @@ def test_comfy_internals_the_layer_capture_reads_are_where_expected(pack, qwen_c
     assert len(modules["layers"]) == TINY_TE_CONFIG["num_hidden_layers"]
     assert modules["visual"] is not None
     for name in pack.VISION_PROBE_WEIGHTS:  # what the vision-tower check reads
-        assert pack._holds_weights(modules["visual"].get_parameter(name)), name
+        assert pack.holds_weights(modules["visual"].get_parameter(name)), name
     tokens = qwen_clip.tokenize("a red ball")
     ids = torch.tensor([[t for t, _ in tokens["qwen25_7b"][0]]])
     with pack.capture_all_layers(modules) as records:
