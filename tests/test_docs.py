@@ -164,3 +164,15 @@ def test_readme_node_table_lists_every_declared_node_once():
 
 def test_every_node_in_the_readme_has_a_help_page():
     assert [node_id for node_id in readme_node_ids() if not (REPO / "web" / "docs" / f"{node_id}.md").is_file()] == []
+
+
+# ------------------------------------------------------------------------------------ statements the docs make
+def test_tau1_of_one_keeps_the_first_step_from_pure_noise_in_stage_1():
+    """docs/staging-recipes.md: with tau1 = 1 the step at t = 1.0 (a schedule from pure noise) is stage 1."""
+    from dla_core.flux.sampling import flux_sigmas
+    from dla_core.schedule import stage_for_sigma, stage_step_counts
+
+    sigmas = flux_sigmas(1024, 1024, 28)
+    assert float(sigmas[0]) == 1.0 and stage_for_sigma(1.0, 1.0, 0.0) == 1
+    assert tuple(stage_step_counts(sigmas, 1.0, 0.0)) == (1, 27, 0)
+    assert tuple(stage_step_counts(sigmas, 0.95, 0.85)) == (4, 7, 17)  # the plan the docs quote: 1-4, 5-11, 12-28
