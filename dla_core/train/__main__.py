@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import DLAInputError
 
@@ -44,6 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
                 "--world-size", type=int, default=None, help="number of prepare processes (default: from accelerate)"
             )
             p.add_argument("--max-shards", type=int, default=None, help="write at most this many shards, then stop")
+        if name == "validate":
+            p.add_argument(
+                "--samples", type=int, default=None, help="size the data set this many samples (no manifest)"
+            )
+            p.add_argument(
+                "--dit",
+                default=None,
+                help="DiT preset when model.flux is not there: flux1-dev, flux2-klein-4b, flux2-klein-9b, flux2-dev",
+            )
+            p.add_argument(
+                "--mllm",
+                default=None,
+                help="MLLM preset: internvl3-8b, qwen3-vl-4b, qwen3-vl-8b, "
+                "mistral-small-3.1-24b (default: the DiT preset's pair)",
+            )
+            p.add_argument("--gpus", type=int, default=8, help="GPUs for the ZeRO-2 / FSDP2 per-GPU figures")
         if name == "export":
             p.add_argument("--checkpoint", default=None, help="checkpoints/step-* folder (default: newest)")
             p.add_argument("--out", required=True, help="output folder for dla.safetensors and lora.safetensors")
@@ -77,6 +94,30 @@ def _add_import_parser(sub) -> None:
         p.add_argument("--pair-order", default="left-right", help="left-right: the left half is the reference")
         if name == "hf":
             p.add_argument("--split", default=None, help="split of a DatasetDict (train, test, ...)")
+
+
+def run_validate(config, args) -> str:
+    """The ``validate`` command: config, manifest, buckets, then the cache size and per-GPU memory estimate."""
+    from .buckets import bucket_histogram, manifest_buckets
+    from .data import read_manifest
+    from .estimate import estimate_for_config, format_estimate
+
+    if args.samples is not None and args.samples < 1:
+        raise DLAInputError("--samples must be >= 1.")
+    records = []
+    if config.data.manifest and (args.samples is None or Path(config.data.manifest).is_file()):
+        records = read_manifest(config.data.manifest)
+    lines = [
+        f"config OK: {config.total_steps} steps ({config.train.stage1_steps} + {config.train.stage2_steps}), "
+        f"LoRA rank {config.lora.rank}; "
+        + (f"manifest OK: {len(records)} examples" if records else f"no manifest read, sized for {args.samples or 0}")
+    ]
+    if records:
+        histogram = bucket_histogram(manifest_buckets(records, config.data))
+        lines.append("target buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in histogram.items()))
+    est = estimate_for_config(config, records, args.samples, args.dit, args.mllm)
+    lines.append(est if isinstance(est, str) else format_estimate(est, config, args.gpus))
+    return "\n".join(lines)
 
 
 def run_import(args) -> str:
@@ -122,20 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from .config import load_config
-        from .data import read_manifest
 
         config = load_config(args.config)
         if args.command == "validate":
-            from .buckets import bucket_histogram, manifest_buckets
-
-            records = read_manifest(config.data.manifest) if config.data.manifest else []
-            print(
-                f"config OK: {config.total_steps} steps ({config.train.stage1_steps} + {config.train.stage2_steps}), "
-                f"LoRA rank {config.lora.rank}; manifest OK: {len(records)} examples"
-            )
-            if records:
-                histogram = bucket_histogram(manifest_buckets(records, config.data))
-                print("target buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in histogram.items()))
+            print(run_validate(config, args))
         elif args.command == "prepare":
             from .prepare import prepare_cache
 

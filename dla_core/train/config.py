@@ -45,6 +45,8 @@ PAPER_LORA_RANK = 512
 TIMESTEP_SAMPLINGS = ("logit_normal", "uniform", "mode")
 TIMESTEP_SHIFTS = ("none", "resolution", "fixed")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: bitsandbytes' AdamW8bit (optional package, CUDA)
+QUANTIZE_BASE = ("none", "int8")  # int8: torchao int8 weight-only frozen DiT (optional package)
 CACHE_DTYPES = (*TORCH_DTYPE_NAMES, "float8_e4m3fn")  # bfloat16, float16, float32; 8-bit float with a scale
 FEATURE_MODES = ("cached", "online")
 
@@ -59,6 +61,7 @@ class ModelConfig:
     init_dla: str | None = None  # DLA checkpoint written by `python -m dla_core init-dla` (train)
     mllm_dtype: str = "bfloat16"
     vae_dtype: str = "float32"
+    quantize_base: str = "none"  # none | int8: the frozen DiT in int8 weight-only (torchao), LoRA over it
 
 
 @dataclass
@@ -105,6 +108,7 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes: 2 instead of 8 bytes of state per parameter)
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
     warmup_steps: int = 0
@@ -320,6 +324,11 @@ def validate_values(config: DLATrainingConfig) -> None:
         f"train.reference_method '{t.reference_method}' is not one of {REFERENCE_METHODS}.",
     )
     _require(t.num_workers >= 0, "train.num_workers must be >= 0.")
+    _require(t.optimizer in OPTIMIZERS, f"train.optimizer '{t.optimizer}' is not one of {OPTIMIZERS}.")
+    _require(
+        config.model.quantize_base in QUANTIZE_BASE,
+        f"model.quantize_base '{config.model.quantize_base}' is not one of {QUANTIZE_BASE}.",
+    )
     _require(
         d.resolution >= 16 and d.resolution % 16 == 0,
         f"data.resolution is {d.resolution}: use a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE).",

@@ -21,6 +21,7 @@ from ..features import MLLMFeatures
 from ..flux.references import flux_velocity_tokens, pack_latents
 from ..flux.weights import load_flux_transformer
 from .config import DLATrainingConfig
+from .levers import quantize_base
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "step-"
@@ -144,6 +145,7 @@ def build_module(
 ) -> DLAFluxTrainModule:
     """Load FLUX (frozen, + LoRA) and the init DLA (trainable) into one module."""
     transformer = load_flux_transformer(config.model.flux, dtype=base_dtype)
+    quantize_base(transformer, config.model.quantize_base)  # the frozen base in int8 (torchao), before the LoRA
     add_lora(transformer, config)
     if config.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -59,6 +59,7 @@ from .buckets import BucketBatchSampler
 from .config import DLATrainingConfig, require_paths
 from .data import collate_samples, write_json_atomic
 from .export import export_module, save_run_features
+from .levers import check_levers, describe_trainable, make_optimizer
 from .module import (
     BOTH_OFF,
     CHECKPOINT_COMPLETE,
@@ -203,6 +204,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimisation step run here
     seconds: float = 0.0
     export_dir: Path | None = None
+    trainable_params: int = 0  # LoRA + DLA, reported at start
+    optimizer_state_bytes: int = 0  # by dla_core.train.estimate.optimizer_state_bytes
 
 
 def _read_json(path: Path) -> dict:
@@ -295,6 +298,8 @@ class TrainingRun:
     output_dir: Path
     start_step: int
     end_step: int
+    trainable_params: int = 0
+    optimizer_state_bytes: int = 0
 
     @property
     def csv_path(self) -> Path:
@@ -320,6 +325,7 @@ def setup_training(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    check_levers(config, accelerator.device)  # a missing bitsandbytes / torchao is refused before models load
     if config.data.features == "online":  # before the seed: loading must not move the LoRA's initial draw
         dataset.load(accelerator.device)  # the frozen MLLM + VAE, on this process's GPU
     set_seed(t.seed)  # the LoRA's A matrices are drawn from the global generator
@@ -327,12 +333,10 @@ def setup_training(
     module = build_module(config, dataset.feature_meta, base_dtype)
     params_lora = [p for p in module.transformer.parameters() if p.requires_grad]
     params_dla = [p for p in module.dla.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": params_lora, "lr": t.lr_lora}, {"params": params_dla, "lr": t.lr_dla}],
-        betas=(t.adam_beta1, t.adam_beta2),
-        eps=t.adam_epsilon,
-        weight_decay=t.weight_decay,
-    )
+    optimizer = make_optimizer([{"params": params_lora, "lr": t.lr_lora}, {"params": params_dla, "lr": t.lr_dla}], t)
+    trainable_params, state_bytes, report = describe_trainable(params_lora, params_dla, t.optimizer)
+    logger.info(report)
+    accelerator.print(report)
     # accelerate steps a prepared scheduler once per process per step (as in diffusers' scripts).
     scheduler = get_scheduler(
         t.lr_scheduler,
@@ -378,6 +382,8 @@ def setup_training(
         output_dir,
         start_step,
         end_step,
+        trainable_params,
+        state_bytes,
     )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -478,6 +484,7 @@ def train(
     bar.close()
     accelerator.wait_for_everyone()
     result = TrainResult(run.output_dir, run.start_step, step, losses, time.perf_counter() - started)
+    result.trainable_params, result.optimizer_state_bytes = run.trainable_params, run.optimizer_state_bytes
     if export and step >= config.total_steps and accelerator.is_main_process:
         result.export_dir = export_module(accelerator.unwrap_model(run.module), config, run.output_dir / "final")
     if t.tensorboard:
