@@ -196,14 +196,17 @@ def _native_identity_defaults(spec: MLLMSpec, target: str, overrides: dict[str, 
 
     The LAPs read only the native layers (``layer_indices``) and stack them per token in the
     native order; tokens keep the encoder's own order (``fuse="sequence"``). The untrained DLA
-    then returns exactly the target's native conditioning from features of that encoder.
+    then returns exactly the target's native conditioning from features of that encoder. A joint MLLM of the
+    encoder's shape (Qwen3-VL-4B for [klein] 4B) gets the same layer choice, so training starts beside native
+    conditioning.
     """
     native = target_spec(target).native
-    if spec.family != native.family:
+    if spec.family not in native.reader_families:
+        joint = f" or a joint MLLM of the same shape, {native.joint_name} ({', '.join(native.joint_families)})"
         raise DLAInputError(
             f"Identity initialisation for target '{target}' reproduces its own text encoder, {native.name} "
-            f"(family {native.family}); this MLLM is {spec.describe()}. Use --init random for another MLLM, or "
-            f"the target whose text encoder this is."
+            f"(family {native.family}){joint if native.joint_families else ''}; this MLLM is {spec.describe()}. "
+            "Use --init random for another MLLM, or the target whose text encoder this is."
         )
     layers = list(overrides.get("layer_indices") or native.layers)
     if any(not 0 <= layer < spec.num_layers for layer in layers):

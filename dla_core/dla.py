@@ -66,9 +66,18 @@ class NativeEncoder:
     width: int
     layers: tuple[int, ...]
     name: str
+    # MLLM families whose language model has this encoder's width and depth, so the native layer choice reads
+    # them too (the MLLM that encodes text and reference jointly: Qwen3-VL-4B for [klein] 4B, Qwen3-VL-8B for 9B).
+    joint_families: tuple[str, ...] = ()
+    joint_name: str = ""  # the joint MLLM meant, for messages
 
     def spec(self) -> MLLMSpec:
         return MLLMSpec(self.family, self.num_layers, self.width, name=self.name)
+
+    @property
+    def reader_families(self) -> tuple[str, ...]:
+        """Families an identity DLA for this target may read: the encoder's own and the joint MLLMs'."""
+        return (self.family, *self.joint_families)
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,11 @@ class TargetSpec:
     layer_slots: bool = False
 
 
+# FLUX.2's text-encoder layers (hidden-state numbers, 0 = embeddings), pinned here and nowhere else: BFL's
+# reference code, ComfyUI (comfy/text_encoders/flux.py) and diffusers' pipelines use these; diffusers' own
+# [klein] training script once defaulted to [10, 20, 30] for [klein], which is [dev]'s choice, not [klein]'s.
+FLUX2_DEV_TEXT_LAYERS = (10, 20, 30)
+FLUX2_KLEIN_TEXT_LAYERS = (9, 18, 27)
 
 TARGETS: dict[str, TargetSpec] = {
     "flux": TargetSpec(4096, 768, "FLUX.1 (T5-XXL token slot 4096 wide, CLIP-L pooled 768)"),
@@ -103,21 +117,44 @@ TARGETS: dict[str, TargetSpec] = {
         15360,
         0,
         "FLUX.2 [dev] (Mistral-Small-3 24B layers 10, 20, 30 stacked per token: 3 x 5120, no pooled vector)",
-        native=NativeEncoder("mistral3", 41, 5120, (10, 20, 30), "Mistral-Small-3 24B (FLUX.2 [dev] text encoder)"),
+        native=NativeEncoder(
+            "mistral3",
+            41,
+            5120,
+            FLUX2_DEV_TEXT_LAYERS,
+            "Mistral-Small-3 24B (FLUX.2 [dev] text encoder)",
+            joint_name="Mistral-Small-3.x (its vision tower reads the reference)",
+        ),
     ),
     "flux2_klein": TargetSpec(
         7680,
         0,
         "FLUX.2 [klein] 4B (Qwen3-4B layers 9, 18, 27 stacked per token: 3 x 2560, no pooled vector)",
         distilled_guidance=False,
-        native=NativeEncoder("qwen3", 37, 2560, (9, 18, 27), "Qwen3-4B (FLUX.2 [klein] 4B text encoder)"),
+        native=NativeEncoder(
+            "qwen3",
+            37,
+            2560,
+            FLUX2_KLEIN_TEXT_LAYERS,
+            "Qwen3-4B (FLUX.2 [klein] 4B text encoder)",
+            joint_families=("qwen3_vl",),
+            joint_name="Qwen3-VL-4B (36 layers of width 2560, as Qwen3-4B)",
+        ),
     ),
     "flux2_klein_9b": TargetSpec(
         12288,
         0,
         "FLUX.2 [klein] 9B (Qwen3-8B layers 9, 18, 27 stacked per token: 3 x 4096, no pooled vector)",
         distilled_guidance=False,
-        native=NativeEncoder("qwen3", 37, 4096, (9, 18, 27), "Qwen3-8B (FLUX.2 [klein] 9B text encoder)"),
+        native=NativeEncoder(
+            "qwen3",
+            37,
+            4096,
+            FLUX2_KLEIN_TEXT_LAYERS,
+            "Qwen3-8B (FLUX.2 [klein] 9B text encoder)",
+            joint_families=("qwen3_vl",),
+            joint_name="Qwen3-VL-8B (36 layers of width 4096, as Qwen3-8B)",
+        ),
     ),
 }
 
@@ -127,7 +164,7 @@ def targets_for_features(family: str, width: int) -> list[str]:
     return sorted(
         name
         for name, spec in TARGETS.items()
-        if spec.native is not None and (spec.native.family, spec.native.width) == (family, width)
+        if spec.native is not None and family in spec.native.reader_families and spec.native.width == width
     )
 
 

@@ -2,7 +2,7 @@
 
 A config file has five sections (every key optional except the paths the chosen command needs)::
 
-    model:   {mllm, flux, vae, init_dla, mllm_dtype, vae_dtype}
+    model:   {mllm, flux, vae, init_dla, family, mllm_dtype, vae_dtype}
     data:    {manifest, cache_dir, resolution, aspect_buckets, max_aspect, max_crop, reference_size, shard_size,
               mllm_image_size, mllm_layers, cache_dtype, features}
     lora:    {rank, alpha, dropout, target_modules}
@@ -24,7 +24,7 @@ import yaml
 
 from ..dtypes import TORCH_DTYPE_NAMES
 from ..errors import DLAInputError
-from ..flux.references import DEFAULT_REFERENCE_METHOD, FLUX_DEV_GUIDANCE, REFERENCE_METHODS
+from ..flux.references import FLUX_DEV_GUIDANCE, REFERENCE_METHODS
 
 # The attention projections of diffusers' FluxTransformer2DModel: image stream (to_q/k/v/out.0),
 # text stream (add_*_proj, to_add_out); single blocks reuse the to_q/k/v names. Matches the
@@ -50,16 +50,18 @@ QUANTIZE_BASE = ("none", "int8")  # int8: torchao int8 weight-only frozen DiT (o
 CACHE_DTYPES = (*TORCH_DTYPE_NAMES, "float8_e4m3fn")  # bfloat16, float16, float32; 8-bit float with a scale
 FEATURE_MODES = ("cached", "online")
 
+MODEL_FAMILIES = ("flux", "flux2")  # FLUX.1 (FluxTransformer2DModel), FLUX.2 (Flux2Transformer2DModel)
 
 @dataclass
 class ModelConfig:
     """Where the frozen models and the DLA initialisation come from (local folders/files only)."""
 
     mllm: str | None = None  # HF-format MLLM folder (prepare only)
-    flux: str | None = None  # diffusers FluxTransformer2DModel folder or single-file checkpoint (train)
-    vae: str | None = None  # diffusers AutoencoderKL folder (prepare only)
+    flux: str | None = None  # diffusers Flux(2)Transformer2DModel folder or ComfyUI-layout single file (train)
+    vae: str | None = None  # diffusers AutoencoderKL folder; FLUX.2: AutoencoderKLFlux2 folder (prepare only)
     init_dla: str | None = None  # DLA checkpoint written by `python -m dla_core init-dla` (train)
     mllm_dtype: str = "bfloat16"
+    family: str | None = None  # flux | flux2; None = read from the transformer's config (train.family)
     vae_dtype: str = "float32"
     quantize_base: str = "none"  # none | int8: the frozen DiT in int8 weight-only (torchao), LoRA over it
 
@@ -121,9 +123,9 @@ class TrainConfig:
     mode_scale: float = 1.29
     timestep_shift: str = "none"  # none | resolution (FLUX's mu from image token count) | fixed
     shift: float = 3.0  # used by timestep_shift: fixed
-    reference_method: str = (
-        DEFAULT_REFERENCE_METHOD  # how identity tokens are placed (as ComfyUI's reference_latents_method)
-    )
+    # How identity tokens are placed (as ComfyUI's reference_latents_method); None = the family's default:
+    # FLUX.1 'offset' (DEFAULT_REFERENCE_METHOD), FLUX.2 'index' (its only one).
+    reference_method: str | None = None
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     tensorboard: bool = False
@@ -320,7 +322,7 @@ def validate_values(config: DLATrainingConfig) -> None:
     _require(t.shift > 0, "train.shift must be positive.")
     _require(t.logit_std > 0, "train.logit_std must be positive.")
     _require(
-        t.reference_method in REFERENCE_METHODS,
+        t.reference_method is None or t.reference_method in REFERENCE_METHODS,
         f"train.reference_method '{t.reference_method}' is not one of {REFERENCE_METHODS}.",
     )
     _require(t.num_workers >= 0, "train.num_workers must be >= 0.")
@@ -366,5 +368,10 @@ def require_paths(config: DLATrainingConfig, keys: typing.Iterable[str], command
             continue  # created on demand
         if not Path(value).exists():
             raise DLAInputError(
+    _require(
+        config.model.family in (None, *MODEL_FAMILIES),
+        f"model.family '{config.model.family}' is not one of {MODEL_FAMILIES} (or leave it out: it is read from the "
+        "transformer's config).",
+    )
                 f"'{dotted}' points to '{value}', which does not exist. Fix the path in {config.source}."
             )

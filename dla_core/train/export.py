@@ -1,11 +1,13 @@
-"""Export trained weights: a DLA checkpoint (``save_dla`` format) and a FLUX LoRA safetensors.
+"""Export trained weights: a DLA checkpoint (``save_dla`` format) and a FLUX.1 / FLUX.2 LoRA safetensors.
 
 LoRA file format: diffusers/peft names with the ``transformer.`` prefix, e.g.
 ``transformer.transformer_blocks.0.attn.to_q.lora_A.weight`` [rank, in] and ``...lora_B.weight``
 [out, rank]. ComfyUI maps these names onto its own FLUX layout (``comfy.lora.model_lora_keys_unet``
 via ``comfy.utils.flux_to_diffusers``: q/k/v become slices of the fused qkv weights), and diffusers'
-``load_lora_weights`` / ``load_lora_adapter`` read them directly. The LoRA scale ``alpha / rank`` is
-folded into ``lora_B`` and no ``alpha`` tensors are written, so every loader applies exactly the
+``load_lora_weights`` / ``load_lora_adapter`` read them directly. FLUX.2 LoRAs use diffusers'
+``Flux2Transformer2DModel`` names the same way (single blocks: ``attn.to_qkv_mlp_proj`` / ``attn.to_out``,
+which ComfyUI maps to ``linear1`` / ``linear2``; see :mod:`dla_core.flux.flux2_weights`). The LoRA scale
+``alpha / rank`` is folded into ``lora_B`` and no ``alpha`` tensors are written, so every loader applies exactly the
 trained delta at strength 1.0. Metadata: ``format``, ``rank``, ``alpha``, ``target_modules``.
 
 A run needs only its own folder to be exported: training stores the feature cache's metadata (MLLM
@@ -103,7 +105,8 @@ def export_module(module, config, out_dir: str | Path, lora_dtype: torch.dtype =
         "stage1_steps": config.train.stage1_steps,
         "stage2_steps": config.train.stage2_steps,
         "lora_rank": config.lora.rank,
-        "reference_method": config.train.reference_method,
+        "reference_method": module.reference_method,  # the family's default resolved
+        "family": module.family,
         "dropout": dict(vars(config.dropout)),
         "guidance": config.train.guidance,
     }

@@ -1,9 +1,11 @@
-"""The trained module (DLA + LoRA'd FLUX transformer), its loss, and its checkpoint files.
+"""The trained module (DLA + LoRA'd FLUX.1 / FLUX.2 transformer), its loss, and its checkpoint files.
 
 :class:`DLAFluxTrainModule` is what accelerate wraps; its ``forward`` is one flow-matching loss:
 condition dropout through :meth:`DualLayerAggregation.drop_to_null` (the "MLLM off" the sampler's
-stage 3 uses) and the FLUX call of inference, :func:`dla_core.flux.references.flux_velocity_tokens`
-(text, image and reference tokens laid out as ComfyUI does), with a key mask over the context padding.
+stage 3 uses) and the FLUX call of inference (:func:`dla_core.train.family.velocity_tokens`: FLUX.1's
+:func:`dla_core.flux.references.flux_velocity_tokens` with a key mask over the context padding, or FLUX.2's
+:func:`dla_core.flux.flux2.flux2_velocity_tokens` with ComfyUI's 512-token padding), text, image and reference
+tokens laid out as ComfyUI does.
 Used by :mod:`.trainer` (the loop) and :mod:`.export` (checkpoint -> DLA + LoRA files).
 """
 
@@ -18,9 +20,8 @@ from torch import nn
 from ..checkpoint import load_dla
 from ..errors import DLAInputError
 from ..features import MLLMFeatures
-from ..flux.references import flux_velocity_tokens, pack_latents
-from ..flux.weights import load_flux_transformer
-from .config import DLATrainingConfig
+from . import family as families
+from .config import FLUX_ATTENTION_TARGETS, DLATrainingConfig
 from .levers import quantize_base
 
 CHECKPOINT_DIR = "checkpoints"
@@ -43,7 +44,13 @@ class DLAFluxTrainModule(nn.Module):
     """
 
     def __init__(
-        self, dla: nn.Module, transformer: nn.Module, feature_meta: dict, guidance: float, reference_method: str
+        self,
+        dla: nn.Module,
+        transformer: nn.Module,
+        feature_meta: dict,
+        guidance: float,
+        reference_method: str,
+        family: str = "flux",
     ):
         super().__init__()
         self.dla = dla
@@ -51,6 +58,7 @@ class DLAFluxTrainModule(nn.Module):
         self.feature_meta = feature_meta
         self.guidance = guidance
         self.reference_method = reference_method
+        self.family = family  # "flux" | "flux2" (dla_core.train.family)
 
     def features(self, batch: dict) -> MLLMFeatures:
         meta = self.feature_meta
@@ -88,29 +96,34 @@ class DLAFluxTrainModule(nn.Module):
         noisy = (1 - s) * x0 + s * noise
         target = noise - x0  # flow-matching velocity
 
-        # Samples whose extra image tokens share a layout run together (diffusers takes one id table per call).
+        # Samples whose extra image tokens share a layout run together (diffusers takes one id table per call);
+        # FLUX.2 also needs one padded text length per call (ComfyUI pads each context to 512 tokens).
         groups: dict[tuple, list[int]] = {}
+        valid_tokens = context_mask.sum(1).tolist()
         for row in range(x0.shape[0]):
             refs = batch["references"][row] if bool(identity_on[row]) else []
-            groups.setdefault(tuple(tuple(r.shape) for r in refs), []).append(row)
+            key = (tuple(tuple(r.shape) for r in refs), families.text_length_key(self.family, int(valid_tokens[row])))
+            groups.setdefault(key, []).append(row)
         per_sample = []
-        for layout, rows in groups.items():
+        for (layout, _), rows in groups.items():
             idx = torch.tensor(rows, device=device)
             refs = [
                 torch.stack([batch["references"][r][k] for r in rows]).to(device, x0.dtype) for k in range(len(layout))
             ]
-            prediction = flux_velocity_tokens(
+            prediction = families.velocity_tokens(
+                self.family,
                 self.transformer,
                 noisy[idx],
                 sigmas[idx],
                 context[idx],
-                pooled[idx],
+                context_mask[idx],
+                None if pooled is None else pooled[idx],
                 self.guidance,
                 refs,
                 self.reference_method,
-                text_mask=context_mask[idx],
             ).float()  # target tokens only
-            per_sample.append(((prediction - pack_latents(target[idx]).float()) ** 2).mean(dim=(1, 2)))
+            expected = families.pack_target(self.family, target[idx]).float()
+            per_sample.append(((prediction - expected) ** 2).mean(dim=(1, 2)))
         losses = torch.cat(per_sample)  # [batch], in group order
         return losses.mean()
 
@@ -118,11 +131,20 @@ class DLAFluxTrainModule(nn.Module):
 # ----------------------------------------------------------------------------- building and checkpoint files
 
 
-def add_lora(transformer: nn.Module, config: DLATrainingConfig) -> None:
-    """Freeze the base transformer and add the peft LoRA adapter (B = 0, so the start is the base model)."""
+def add_lora(transformer: nn.Module, config: DLATrainingConfig, family: str = "flux") -> None:
+    """Freeze the base transformer and add the peft LoRA adapter (B = 0, so the start is the base model).
+
+    FLUX.2: the default (FLUX.1) target list stands for FLUX.2's own (``family.default_lora_targets``), and
+    targets are resolved to full ``Linear`` names (:func:`family.lora_target_names`).
+    """
     from peft import LoraConfig
 
     lora = config.lora
+    targets = list(lora.target_modules)
+    if family == "flux2":
+        if tuple(targets) == FLUX_ATTENTION_TARGETS:
+            targets = list(families.default_lora_targets(family))
+        targets = families.lora_target_names(transformer, targets) or targets
     transformer.requires_grad_(False)
     transformer.add_adapter(
         LoraConfig(
@@ -130,7 +152,7 @@ def add_lora(transformer: nn.Module, config: DLATrainingConfig) -> None:
             lora_alpha=lora.alpha if lora.alpha is not None else lora.rank,
             lora_dropout=lora.dropout,
             init_lora_weights="gaussian",
-            target_modules=list(lora.target_modules),
+            target_modules=targets,
         )
     )
     if not any(p.requires_grad for p in transformer.parameters()):
@@ -143,15 +165,19 @@ def add_lora(transformer: nn.Module, config: DLATrainingConfig) -> None:
 def build_module(
     config: DLATrainingConfig, feature_meta: dict, base_dtype: torch.dtype = torch.float32
 ) -> DLAFluxTrainModule:
-    """Load FLUX (frozen, + LoRA) and the init DLA (trainable) into one module."""
-    transformer = load_flux_transformer(config.model.flux, dtype=base_dtype)
+    """Load FLUX.1 / FLUX.2 (frozen, + LoRA; family from :func:`family.resolve_family`) and the init DLA (trainable)
+    into one module."""
+    family, _ = families.resolve_family(config)
+    families.check_family_runtime(family)
+    reference_method = families.default_reference_method(family, config.train.reference_method)
+    transformer = families.load_transformer(family, config.model.flux, dtype=base_dtype)
     quantize_base(transformer, config.model.quantize_base)  # the frozen base in int8 (torchao), before the LoRA
-    add_lora(transformer, config)
+    add_lora(transformer, config, family)
     if config.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     dla = load_dla(config.model.init_dla, dtype=torch.float32)
     dla.requires_grad_(True)
-    return DLAFluxTrainModule(dla, transformer, feature_meta, config.train.guidance, config.train.reference_method)
+    return DLAFluxTrainModule(dla, transformer, feature_meta, config.train.guidance, reference_method, family)
 
 
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

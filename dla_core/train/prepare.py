@@ -14,6 +14,7 @@ Per sample ``j`` (manifest order) a shard holds, trimmed to the sample's valid t
     {j}.text_mask       [tokens] bool             MLLM text-token positions
     {j}.target          [16, H/8, W/8] float32    VAE latent of the target at its bucket (W, H), model space
     {j}.reference.{k}   [16, h/8, w/8] float32    VAE latent of reference k, model space
+                                              (FLUX.2's VAE: [128, h/16, w/16], patchified and batch-normed)
 
 "Model space" is ``(mean latent - shift_factor) * scaling_factor`` (what FLUX sees). The
 shard metadata holds the prompts and the fingerprint. **Resumable**: finished shards (present,
@@ -39,6 +40,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import DLAInputError
+from ..flux.flux2 import encode_flux2_latent
+from ..flux.flux2_weights import FLUX2_VAE_CLASS, is_flux2_vae_folder, load_flux2_vae
 from ..flux.weights import load_flux_vae
 from ..mllm import encode_joint, load_mllm
 from .buckets import manifest_buckets
@@ -123,7 +126,12 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_latent(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """[3, h, w] in [-1, 1] -> model-space latent [C, h/8, w/8] (float32, on CPU)."""
+    """[3, h, w] in [-1, 1] -> model-space latent [C, h/8, w/8] (float32, on CPU).
+
+    FLUX.2's VAE (``AutoencoderKLFlux2``): [128, h/16, w/16] (:func:`dla_core.flux.flux2.encode_flux2_latent`).
+    """
+    if type(vae).__name__ == FLUX2_VAE_CLASS:
+        return encode_flux2_latent(vae, pixels)
     param = next(vae.parameters())
     posterior = vae.encode(pixels[None].to(param.device, param.dtype)).latent_dist
     latent = posterior.mean.float()
@@ -260,7 +268,8 @@ def prepare_cache(
     if todo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mllm = load_mllm(config.model.mllm, dtype=getattr(torch, config.model.mllm_dtype), device=device)
-        vae = load_flux_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()
+        load_vae = load_flux2_vae if is_flux2_vae_folder(config.model.vae) else load_flux_vae
+        vae = load_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()
         size = config.data.shard_size
         bar = tqdm(
             total=sum(min(size, len(records) - s * size) for s in todo),

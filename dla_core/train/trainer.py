@@ -55,6 +55,7 @@ from ..dtypes import DTYPES
 from ..errors import DLAInputError
 from ..flux.sampling import calculate_mu
 from ..spec import MLLMSpec
+from . import family as families
 from .buckets import BucketBatchSampler
 from .config import DLATrainingConfig, require_paths
 from .data import collate_samples, write_json_atomic
@@ -208,15 +209,19 @@ class TrainResult:
     optimizer_state_bytes: int = 0  # by dla_core.train.estimate.optimizer_state_bytes
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
 def preflight(config: DLATrainingConfig):
-    """All cheap checks before any model loads: paths, cache completeness, DLA <-> MLLM/FLUX shapes."""
+    """All cheap checks before any model loads: paths, the family's diffusers, DLA <-> FLUX / FLUX.2, cache, MLLM.
+
+    The family (FLUX.1 / FLUX.2) comes from the transformer's config (:mod:`.family`); a FLUX.2 run on a
+    diffusers without FLUX.2 is refused first, naming the version it needs.
+    """
     require_paths(config, ["model.flux", "model.init_dla", "train.output_dir"], "train")
+    family, transformer_config = families.resolve_family(config)
+    families.check_family_runtime(family)
+    families.default_reference_method(family, config.train.reference_method)
     dataset = feature_dataset(config)  # the cache, or the manifest for online features (models load later)
     dla_config = read_dla_config(config.model.init_dla)
+    families.check_dla_fits_transformer(family, transformer_config, dla_config, f"'{config.model.flux}'")
     meta = dataset.feature_meta
     check_mllm_compatible(
         dla_config,
@@ -225,21 +230,6 @@ def preflight(config: DLATrainingConfig):
         source=dataset.feature_source,
         fix_missing="Prepare the cache again keeping these layers (data.mllm_layers).",
     )
-    flux_path = Path(config.model.flux)
-    config_file = next(
-        (p for p in (flux_path / "transformer" / "config.json", flux_path / "config.json") if p.is_file()), None
-    )
-    if config_file is not None:
-        flux_config = _read_json(config_file)
-        if (
-            flux_config.get("joint_attention_dim") != dla_config.context_width
-            or flux_config.get("pooled_projection_dim") != dla_config.pooled_width
-        ):
-            raise DLAInputError(
-                f"The FLUX transformer takes context {flux_config.get('joint_attention_dim')} / pooled "
-                f"{flux_config.get('pooled_projection_dim')} but the DLA outputs {dla_config.context_width} / "
-                f"{dla_config.pooled_width}. Create the DLA with target 'flux'."
-            )
     return dataset
 
 
