@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from . import krea2
 from .errors import DLAInputError
 from .flux.references import REFERENCE_METHODS as FLUX_REFERENCE_METHODS
 
@@ -55,6 +56,8 @@ MODEL_REFERENCE_METHODS = {
     "qwen_image_edit_2509": "index",
     "qwen_image_edit_2511": "index_timestep_zero",
     "flux_kontext": "offset",
+    # Krea 2's DiT (ComfyUI 0.33) has no method of its own: references without one never reach it.
+    krea2.TARGET: krea2.REFERENCE_METHODS[0],
 }
 # Every reference_latents_method name the pack knows: FLUX's three placements plus Qwen-Image-Edit-2511's
 # index_timestep_zero (newer ComfyUI), in the order the Qwen node lists them.

@@ -20,9 +20,17 @@ from ..dla_core.errors import DLAInputError
 # tests/integration/test_flux2_clip.py::test_model_context_width_reads_comfyuis_text_input_layer.
 # ----------------------------------------------------------------------------------------
 def model_context_width(model) -> int | None:
-    """Width of the text tokens ``model`` (a ComfyUI MODEL) reads, or None when this model has no ``txt_in``."""
+    """Width of the text tokens ``model`` (a ComfyUI MODEL) reads, or None when this model has no ``txt_in``.
+
+    Krea 2 has no ``txt_in``: its DiT (``comfy.ldm.krea2``) unpacks ``txtlayers`` states of ``txtdim`` per
+    token (12 x 2560), read from the model's own attributes (pinned by
+    tests/integration/test_krea2_staging.py::test_the_model_fit_check_reads_krea2s_text_width).
+    """
     diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", None)
     width = getattr(getattr(diffusion_model, "txt_in", None), "in_features", None)
+    if width is None and hasattr(diffusion_model, "txtfusion"):
+        layers, layer_width = getattr(diffusion_model, "txtlayers", None), getattr(diffusion_model, "txtdim", None)
+        width = layers * layer_width if isinstance(layers, int) and isinstance(layer_width, int) else None
     return width if isinstance(width, int) else None
 
 
