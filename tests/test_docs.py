@@ -176,3 +176,14 @@ def test_tau1_of_one_keeps_the_first_step_from_pure_noise_in_stage_1():
     assert float(sigmas[0]) == 1.0 and stage_for_sigma(1.0, 1.0, 0.0) == 1
     assert tuple(stage_step_counts(sigmas, 1.0, 0.0)) == (1, 27, 0)
     assert tuple(stage_step_counts(sigmas, 0.95, 0.85)) == (4, 7, 17)  # the plan the docs quote: 1-4, 5-11, 12-28
+
+
+REPO_PATH = re.compile(r"`((?:dla_core|nodes|tests|bench|web|configs|workflows|docs|\.ci|\.github)/[\w./-]*)`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_every_repository_path_the_page_quotes_exists(page):
+    """A quoted `dla_core/...`, `nodes/...`, `tests/...` path (code map, test names) is a real file or folder."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    quoted = {match.rstrip(".") for match in REPO_PATH.findall(text)}
+    assert sorted(path for path in quoted if not (REPO / path).exists()) == []
