@@ -292,6 +292,11 @@ class DLASubjectPipeline:
             )
         features = encode_joint(self.mllm, prompt, references, image_size=mllm_image_size)
         self._after_encode()
+        return self.condition(features)
+
+    @torch.no_grad()
+    def condition(self, features):
+        """DLA of MLLM features (one prompt): the (tokens, pooled, null tokens, null pooled) of :meth:`encode`."""
         conditioning = self.dla(features.to(device=self.device))
         null = self.dla.null_conditioning(1)
         tokens = strip_padding(conditioning.tokens, conditioning.token_mask)  # [1, tokens, 4096]
@@ -365,6 +370,7 @@ class DLASubjectPipeline:
         reference_method: str = DEFAULT_REFERENCE_METHOD,
         reference_megapixels: float = DEFAULT_REFERENCE_MEGAPIXELS,
         mllm_image_size: int | None = None,
+        features=None,
         output_type: str = "pil",
         progress: bool = True,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -375,6 +381,8 @@ class DLASubjectPipeline:
         all references go to every image. ``latents``: optional initial noise
         [num_images, 16, height/8, width/8] replacing the seeded noise. ``sigmas``: optional
         schedule (steps + 1 values ending in 0) replacing FLUX's shifted one.
+        ``features``: the MLLM's features of this prompt and these references, computed before (training's
+        validation images reuse them while the DLA changes); the MLLM is then not run.
         ``output_type``: "pil" or "latent" (skip decoding).
         """
         references = self._load_references(references)
@@ -403,7 +411,10 @@ class DLASubjectPipeline:
             )
 
         # 1. Encode: MLLM reads prompt + references jointly, the DLA aggregates all layers.
-        tokens, pooled, null_tokens, null_pooled = self.encode(prompt.strip(), reference_images, mllm_image_size)
+        if features is None:
+            tokens, pooled, null_tokens, null_pooled = self.encode(prompt.strip(), reference_images, mllm_image_size)
+        else:
+            tokens, pooled, null_tokens, null_pooled = self.condition(features)
         # 2. Reference latents for the identity stages.
         reference_latents, reference_sizes = self.prepare_reference_latents(reference_images, reference_megapixels)
         # 3. Noise (sigma_0 = 1 for FLUX's schedule, so the start latent is the noise scaled by it).

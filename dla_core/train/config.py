@@ -1,6 +1,6 @@
 """Training configuration: nested dataclasses loaded from YAML and validated before any heavy work.
 
-A config file has five sections (every key optional except the paths the chosen command needs)::
+A config file has six sections (every key optional except the paths the chosen command needs)::
 
     model:   {mllm, flux, vae, init_dla, family, mllm_dtype, vae_dtype}
     data:    {manifest, cache_dir, resolution, aspect_buckets, max_aspect, max_crop, reference_size, shard_size,
@@ -8,6 +8,7 @@ A config file has five sections (every key optional except the paths the chosen 
     lora:    {rank, alpha, dropout, target_modules}
     train:   {output_dir, seed, batch_size, stage1_steps, stage2_steps, ...}
     dropout: {mllm_off, identity_off, both_off}
+    validation: {samples, held_out, steps, seed, guidance, tau1, tau2, size}   (used when train.sample_every > 0)
 
 Relative paths are resolved against the folder of the YAML file, so a config and its data can move
 together. Unknown keys, wrong types and impossible values raise :class:`DLAInputError` naming the key.
@@ -49,8 +50,8 @@ OPTIMIZERS = ("adamw", "adamw8bit")  # adamw8bit: bitsandbytes' AdamW8bit (optio
 QUANTIZE_BASE = ("none", "int8")  # int8: torchao int8 weight-only frozen DiT (optional package)
 CACHE_DTYPES = (*TORCH_DTYPE_NAMES, "float8_e4m3fn")  # bfloat16, float16, float32; 8-bit float with a scale
 FEATURE_MODES = ("cached", "online")
-
 MODEL_FAMILIES = ("flux", "flux2")  # FLUX.1 (FluxTransformer2DModel), FLUX.2 (Flux2Transformer2DModel)
+
 
 @dataclass
 class ModelConfig:
@@ -60,8 +61,8 @@ class ModelConfig:
     flux: str | None = None  # diffusers Flux(2)Transformer2DModel folder or ComfyUI-layout single file (train)
     vae: str | None = None  # diffusers AutoencoderKL folder; FLUX.2: AutoencoderKLFlux2 folder (prepare only)
     init_dla: str | None = None  # DLA checkpoint written by `python -m dla_core init-dla` (train)
-    mllm_dtype: str = "bfloat16"
     family: str | None = None  # flux | flux2; None = read from the transformer's config (train.family)
+    mllm_dtype: str = "bfloat16"
     vae_dtype: str = "float32"
     quantize_base: str = "none"  # none | int8: the frozen DiT in int8 weight-only (torchao), LoRA over it
 
@@ -127,6 +128,7 @@ class TrainConfig:
     # FLUX.1 'offset' (DEFAULT_REFERENCE_METHOD), FLUX.2 'index' (its only one).
     reference_method: str | None = None
     checkpoint_every: int = 1000
+    sample_every: int = 0  # validation images + held-out loss every this many steps (0 = never)
     keep_checkpoints: int = 3
     tensorboard: bool = False
     num_workers: int = 0
@@ -147,6 +149,26 @@ class DropoutConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """What ``train.sample_every`` produces: images of a fixed validation set and a held-out loss.
+
+    ``samples``: ``[{reference: path | [paths], prompt: str}]``, sampled with the staged sampler (``steps``,
+    ``seed``, ``guidance``, ``tau1``/``tau2``) at ``size`` (square side; None = data.resolution).
+    ``held_out``: the last this many manifest samples are kept out of training; their loss, with noise and
+    timesteps fixed by ``seed``, is comparable across steps.
+    """
+
+    samples: list[dict] = field(default_factory=list)
+    held_out: int = 0
+    steps: int = 20
+    seed: int = 0
+    guidance: float = 2.5  # the paper's inference guidance (dla_core.flux.sampling.DEFAULT_GUIDANCE)
+    tau1: float = 0.95
+    tau2: float = 0.85
+    size: int | None = None
+
+
+@dataclass
 class DLATrainingConfig:
     """The whole training config file."""
 
@@ -155,6 +177,7 @@ class DLATrainingConfig:
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     source: str = ""  # the YAML file it came from
 
     @property
@@ -177,6 +200,7 @@ _SECTIONS = {
     "lora": LoraConfigSection,
     "train": TrainConfig,
     "dropout": DropoutConfig,
+    "validation": ValidationConfig,
 }
 _PATH_KEYS = {
     ("model", "mllm"),
@@ -219,6 +243,10 @@ def _check_type(where: str, value, annotation: str):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise DLAInputError(f"Config key '{where}' must be a list of integers, got {value!r}.")
         return list(value)
+    if base.startswith("list[dict]"):
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise DLAInputError(f"Config key '{where}' must be a list of mappings, got {value!r}.")
+        return [dict(v) for v in value]
     if base.startswith("list[str]"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise DLAInputError(f"Config key '{where}' must be a list of strings, got {value!r}.")
@@ -259,6 +287,15 @@ def config_from_dict(raw: dict, base_dir: str | Path = ".", source: str = "") ->
                 value = str(path if path.is_absolute() else (Path(base_dir) / path))
             kwargs[key] = value
         sections[name] = cls(**kwargs)
+    for sample in sections["validation"].samples:  # reference paths resolve like every other path
+        refs = sample.get("reference")
+        if isinstance(refs, (str, list)):
+            resolved = [
+                str(p if (p := Path(r).expanduser()).is_absolute() else Path(base_dir) / p)
+                for r in ([refs] if isinstance(refs, str) else refs)
+                if isinstance(r, str)
+            ]
+            sample["reference"] = resolved
     config = DLATrainingConfig(**sections, source=str(source))
     validate_values(config)
     return config
@@ -332,6 +369,11 @@ def validate_values(config: DLATrainingConfig) -> None:
         f"model.quantize_base '{config.model.quantize_base}' is not one of {QUANTIZE_BASE}.",
     )
     _require(
+        config.model.family in (None, *MODEL_FAMILIES),
+        f"model.family '{config.model.family}' is not one of {MODEL_FAMILIES} (or leave it out: it is read from the "
+        "transformer's config).",
+    )
+    _require(
         d.resolution >= 16 and d.resolution % 16 == 0,
         f"data.resolution is {d.resolution}: use a multiple of 16 (FLUX packs 2x2 latents of an 8x VAE).",
     )
@@ -355,6 +397,20 @@ def validate_values(config: DLATrainingConfig) -> None:
         _require(0.0 <= rate <= 1.0, f"dropout.{name} is {rate}: a rate must be in [0, 1].")
     total = dr.mllm_off + dr.identity_off + dr.both_off
     _require(total <= 1.0, f"dropout rates add up to {total:.3f} > 1: they are exclusive events, lower them.")
+    v = config.validation
+    _require(t.sample_every >= 0, "train.sample_every must be >= 0 (0: no validation).")
+    _require(v.held_out >= 0, "validation.held_out must be >= 0.")
+    _require(v.steps >= 1, "validation.steps must be >= 1.")
+    _require(0.0 <= v.tau2 <= v.tau1 <= 1.0, f"validation: need 0 <= tau2 <= tau1 <= 1, got {v.tau1} / {v.tau2}.")
+    _require(v.size is None or (v.size >= 16 and v.size % 16 == 0), "validation.size must be a multiple of 16.")
+    for k, sample in enumerate(v.samples):
+        _require(
+            set(sample) == {"reference", "prompt"}
+            and bool(sample["reference"])
+            and isinstance(sample["prompt"], str)
+            and bool(sample["prompt"].strip()),
+            f"validation.samples[{k}] must be {{reference: path | [paths], prompt: text}}, got {sample!r}.",
+        )
 
 
 def require_paths(config: DLATrainingConfig, keys: typing.Iterable[str], command: str) -> None:
@@ -368,10 +424,5 @@ def require_paths(config: DLATrainingConfig, keys: typing.Iterable[str], command
             continue  # created on demand
         if not Path(value).exists():
             raise DLAInputError(
-    _require(
-        config.model.family in (None, *MODEL_FAMILIES),
-        f"model.family '{config.model.family}' is not one of {MODEL_FAMILIES} (or leave it out: it is read from the "
-        "transformer's config).",
-    )
                 f"'{dotted}' points to '{value}', which does not exist. Fix the path in {config.source}."
             )

@@ -82,6 +82,7 @@ from .module import (
     trainable_state_dict,
 )
 from .online import feature_dataset
+from .validation import VALIDATION_CSV, Validator, run_validation, training_buckets, truncate_validation_csv
 
 logger = logging.getLogger(__name__)
 LOSS_CSV = "loss.csv"
@@ -290,6 +291,7 @@ class TrainingRun:
     end_step: int
     trainable_params: int = 0
     optimizer_state_bytes: int = 0
+    validator: object | None = None  # dla_core.train.validation.Validator when train.sample_every > 0
 
     @property
     def csv_path(self) -> Path:
@@ -318,6 +320,11 @@ def setup_training(
     check_levers(config, accelerator.device)  # a missing bitsandbytes / torchao is refused before models load
     if config.data.features == "online":  # before the seed: loading must not move the LoRA's initial draw
         dataset.load(accelerator.device)  # the frozen MLLM + VAE, on this process's GPU
+    validator = None
+    if t.sample_every > 0:  # before the seed too: it may load the MLLM (cached features) and the VAE
+        validator = Validator(
+            config, dataset, accelerator.device, getattr(dataset, "mllm", None), getattr(dataset, "vae", None)
+        )
     set_seed(t.seed)  # the LoRA's A matrices are drawn from the global generator
     base_dtype = DTYPES.get(t.mixed_precision, torch.float32)  # "no" -> fp32
     module = build_module(config, dataset.feature_meta, base_dtype)
@@ -345,7 +352,7 @@ def setup_training(
     end_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
 
     sampler = BucketBatchSampler(
-        dataset.buckets,
+        training_buckets(config, dataset),  # held-out validation samples left out
         t.batch_size,
         t.seed,
         accelerator.process_index,
@@ -374,12 +381,15 @@ def setup_training(
         end_step,
         trainable_params,
         state_bytes,
+        validator,
     )
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output_dir / "config.json", config.to_dict())
         save_run_features(output_dir, dataset.feature_meta)  # export works after the cache is deleted
         _truncate_csv(run.csv_path, start_step)
+        if validator is not None:
+            truncate_validation_csv(output_dir / VALIDATION_CSV, start_step)
         if t.tensorboard:
             accelerator.init_trackers("dla_train", config=_flat(config.to_dict()))
     return run
@@ -469,6 +479,8 @@ def train(
                 accelerator.log({"loss": value, "lr": lr, "stage": stage}, step=step)
         bar.update(1)
         bar.set_postfix(loss=f"{value:.4f}", stage=stage)
+        if t.sample_every and step % t.sample_every == 0:
+            run_validation(run, step, stage)
         if step % t.checkpoint_every == 0 or step == run.end_step or step == t.stage1_steps:
             _save_checkpoint(accelerator, run.output_dir, step, t.keep_checkpoints)
     bar.close()
