@@ -14,14 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..flux.weights import load_flux_vae
 from ..mllm import load_mllm
 from ..mllm.inputs import normalise_layers
 from ..spec import read_mllm_spec
 from .buckets import manifest_buckets
 from .config import DLATrainingConfig, require_paths
 from .data import CachedFeatureDataset, read_manifest
-from .prepare import encode_record
+from .prepare import encode_record, load_training_vae
 
 
 def feature_dataset(config: DLATrainingConfig):
@@ -57,8 +56,7 @@ class OnlineFeatureDataset:
         model = self.config.model
         self.mllm = load_mllm(model.mllm, dtype=getattr(torch, model.mllm_dtype), device=device)
         self.mllm.model.requires_grad_(False)
-        self.vae = load_flux_vae(model.vae, dtype=getattr(torch, model.vae_dtype)).to(device).eval()
-        self.vae.requires_grad_(False)
+        self.vae = load_training_vae(self.config, device)
 
     def __len__(self) -> int:
         return len(self.records)

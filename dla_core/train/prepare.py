@@ -124,6 +124,14 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     return array.permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+def load_training_vae(config: DLATrainingConfig, device) -> torch.nn.Module:
+    """The frozen VAE of ``model.vae`` (FLUX.1's AutoencoderKL or FLUX.2's) on ``device``, eval, no gradients."""
+    load_vae = load_flux2_vae if is_flux2_vae_folder(config.model.vae) else load_flux_vae
+    vae = load_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()
+    vae.requires_grad_(False)
+    return vae
+
+
 @torch.no_grad()
 def encode_latent(vae, pixels: torch.Tensor) -> torch.Tensor:
     """[3, h, w] in [-1, 1] -> model-space latent [C, h/8, w/8] (float32, on CPU).
@@ -268,8 +276,7 @@ def prepare_cache(
     if todo:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         mllm = load_mllm(config.model.mllm, dtype=getattr(torch, config.model.mllm_dtype), device=device)
-        load_vae = load_flux2_vae if is_flux2_vae_folder(config.model.vae) else load_flux_vae
-        vae = load_vae(config.model.vae, dtype=getattr(torch, config.model.vae_dtype)).to(device).eval()
+        vae = load_training_vae(config, device)
         size = config.data.shard_size
         bar = tqdm(
             total=sum(min(size, len(records) - s * size) for s in todo),

@@ -77,11 +77,9 @@ class Validator:
             require_paths(config, ["model.mllm", "model.vae"], "validation images (validation.samples)")
             self.samples = self._encode_samples(mllm)
             if self.vae is None:
-                from ..flux.weights import load_flux_vae
+                from .prepare import load_training_vae
 
-                model = config.model
-                self.vae = load_flux_vae(model.vae, dtype=getattr(torch, model.vae_dtype)).to(device).eval()
-                self.vae.requires_grad_(False)
+                self.vae = load_training_vae(config, device)
 
     def _encode_samples(self, mllm) -> list[ValidationSample]:
         from ..mllm import encode_joint, load_mllm
