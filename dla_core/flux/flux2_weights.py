@@ -181,8 +181,31 @@ def read_transformer_config(path: str | Path) -> dict | None:
     return None
 
 
+def match_comfyui_numerics(transformer) -> None:
+    """Give the attention's QK RMSNorms ComfyUI's epsilon (torch's default, ``finfo(dtype).eps``; diffusers: 1e-6).
+
+    The only numerical difference between the two FLUX.2 implementations: with it the trainer's and the standalone
+    pipeline's FLUX.2 compute what ComfyUI's does (to float32 rounding), so what is trained is what ComfyUI runs.
+    """
+    for name, module in transformer.named_modules():
+        if isinstance(module, torch.nn.RMSNorm) and name.rsplit(".", 1)[-1] in QK_NORMS:
+            module.eps = None
+
+
+QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+
+
 def load_flux2_transformer(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a FLUX.2 transformer from a diffusers folder or a ComfyUI-layout ``.safetensors`` file (offline)."""
+    """Load a FLUX.2 transformer from a diffusers folder or a ComfyUI-layout ``.safetensors`` file (offline).
+
+    Its QK norms get ComfyUI's epsilon (:func:`match_comfyui_numerics`).
+    """
+    model = _load_flux2_transformer(path, dtype)
+    match_comfyui_numerics(model)
+    return model
+
+
+def _load_flux2_transformer(path: str | Path, dtype: torch.dtype):
     require_flux2_diffusers()
     from diffusers import Flux2Transformer2DModel
 
