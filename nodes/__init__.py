@@ -9,6 +9,7 @@ from .dla_nodes import DLAAggregate, DLALoader
 from .flux2_clip import DLAFlux2TextEncode
 from .identity_nodes import DLAVAEIdentityEncode
 from .krea2_clip import DLAKrea2JointEncode
+from .krea2_layer_map import DLAKrea2LayerMap
 from .layer_map_nodes import DLALayerMap
 from .mllm_nodes import DLAMLLMJointEncode, DLAMLLMLoader
 from .model_folders import register_model_folders
@@ -33,6 +34,7 @@ NODES: list[type[io.ComfyNode]] = [
     DLAStagedGuiderAdvanced,
     DLALayerMap,
     DLAKrea2JointEncode,
+    DLAKrea2LayerMap,
 ]
 
 

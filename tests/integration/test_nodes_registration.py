@@ -22,6 +22,7 @@ NODE_IDS = [
     "DLAStagedGuiderAdvanced",
     "DLALayerMap",
     "DLAKrea2JointEncode",
+    "DLAKrea2LayerMap",
 ]
 
 
