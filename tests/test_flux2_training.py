@@ -324,3 +324,26 @@ def test_dev_like_flux2_with_guidance_and_a_mistral3_mllm_trains(tmp_path_factor
     k = 4
     assert sum(result.losses[-k:]) / k < 0.97 * sum(result.losses[:k]) / k
     assert module_guidance == 3.5  # fed to [dev]'s guidance embedding ([klein] has none)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_klein_recipe_reads_klein_layers_with_flux2_lora_targets_at_the_papers_steps():
+    from dla_core.flux.flux2_weights import FLUX2_ATTENTION_TARGETS
+    from dla_core.train.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "train_flux2_klein.yaml")
+    assert (config.train.stage1_steps, config.train.stage2_steps) == (25_000, 10_000)
+    assert config.model.family == "flux2" and config.train.reference_method == "index"
+    assert tuple(config.data.mllm_layers) == FLUX2_KLEIN_TEXT_LAYERS
+    assert tuple(config.lora.target_modules) == FLUX2_ATTENTION_TARGETS
+
+
+def test_tiny_twin_is_what_the_tiny_runs_here_use():
+    from dla_core.train.config import load_config
+    from dla_tiny.flux2_training import TINY_CONFIG, tiny_flux2_run_config
+
+    config = load_config(TINY_CONFIG)  # valid as shipped (paths under configs/tiny-run-flux2/)
+    assert config.total_steps == 32 and config.model.flux.endswith("tiny-run-flux2/flux2")
+    assert tiny_flux2_run_config()["model"]["flux"] == "flux2"

@@ -123,35 +123,19 @@ def build_tiny_flux2_training_world(
     return root
 
 
-def tiny_flux2_run_config(output_dir: str = "out", **train) -> dict:
-    """The raw config (paths relative to the world's root) of a short FLUX.2 run; ``train`` overrides ``train.*``.
+TINY_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "train_flux2_klein_tiny.yaml"
+TINY_PREFIX = "tiny-run-flux2/"
 
-    The same settings as configs/train_flux2_klein_tiny.yaml (tested to agree).
-    """
-    raw = {
-        "model": {"mllm": "mllm", "flux": "flux2", "vae": "vae", "init_dla": "init_dla.safetensors"},
-        "data": {
-            "manifest": "manifest.jsonl",
-            "cache_dir": "cache",
-            "resolution": 64,
-            "reference_size": 32,
-            "shard_size": 2,
-            "cache_dtype": "float32",
-        },
-        "lora": {"rank": 8},
-        "train": {
-            "output_dir": output_dir,
-            "stage1_steps": 20,
-            "stage2_steps": 12,
-            "batch_size": 2,
-            "mixed_precision": "no",
-            "lr_lora": 1e-2,
-            "lr_dla": 1e-3,
-            "checkpoint_every": 100,
-            "progress_bar": False,
-            "seed": 0,
-        },
-    }
-    raw["model"]["mllm_dtype"] = "float32"
-    raw["train"].update(train)
+
+def tiny_flux2_run_config(output_dir: str = "out", **train) -> dict:
+    """configs/train_flux2_klein_tiny.yaml as a raw config with its paths relative to the world's root (the
+    ``tiny-run-flux2/`` prefix dropped); ``output_dir`` and ``train`` override ``train.*``."""
+    import yaml
+
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    for section in raw.values():
+        for key, value in section.items():
+            if isinstance(value, str) and value.startswith(TINY_PREFIX):
+                section[key] = value[len(TINY_PREFIX) :]
+    raw["train"].update(output_dir=output_dir, **train)
     return raw
