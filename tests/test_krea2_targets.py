@@ -166,3 +166,46 @@ def test_fusion_shares_sum_to_one_per_token_with_mixing_blocks():
     terms = torch.randn(items, layers, width, generator=generator)
     shares = krea2.fusion_layer_shares([mixing, mixing], terms)
     assert (shares >= 0).all() and torch.allclose(shares.sum(-1), torch.ones(items))
+
+
+# ---------------------------------------------------------------------- the Hugging Face Qwen3-VL side
+def test_init_dla_for_a_hugging_face_qwen3_vl_4b_folder_is_the_native_krea2_dla(tmp_path):
+    """A Krea 2 DLA made from Qwen3-VL-4B's config.json reads the same 37 x 2560 states as ComfyUI's encoder."""
+    import json
+
+    folder = tmp_path / "Qwen3-VL-4B-Instruct"
+    folder.mkdir()
+    text_config = {"hidden_size": 2560, "num_hidden_layers": 36}
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3_vl", "text_config": text_config}))
+    args = ["init-dla", "--target", "krea2", "--init", "identity", "--lap-blocks", "0"]
+    assert cli_main([*args, "--mllm", str(folder), "--out", str(tmp_path / "hf.safetensors")]) == 0
+    assert cli_main([*args, "--out", str(tmp_path / "native.safetensors")]) == 0
+    from_hf, native = load_dla(tmp_path / "hf.safetensors").config, load_dla(tmp_path / "native.safetensors").config
+    assert from_hf.mllm_spec() == native.mllm_spec() == TARGETS["krea2"].native.spec().__class__("qwen3_vl", 37, 2560)
+    assert {k: v for k, v in from_hf.to_dict().items() if k != "mllm_name"} == {
+        k: v for k, v in native.to_dict().items() if k != "mllm_name"
+    }
+
+
+def test_identity_dla_stacks_the_twelve_taps_of_a_hugging_face_qwen3_vl_joint_encoding(tmp_path):
+    """From transformers' Qwen3-VL (36 decoder layers, tiny width), text and image tokens: per valid token, exactly
+    Krea 2's stack of hidden states 2, 5, ..., 35, in the MLLM's own token order."""
+    from PIL import Image
+
+    from dla_core.mllm import encode_joint, load_mllm
+    from dla_tiny import build_tiny_qwen3vl
+
+    width = 64
+    mllm = load_mllm(build_tiny_qwen3vl(tmp_path / "qwen3vl-36", num_layers=36, hidden_size=width), dtype="fp32")
+    reference = Image.fromarray(
+        (torch.rand(48, 64, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy()
+    )
+    features = encode_joint(mllm, "the cat on a red sofa", [reference])
+    assert (features.family, features.num_layers, features.width) == ("qwen3_vl", 37, width)
+    assert features.image_mask.any() and features.text_mask.any()
+    dla = init_dla(mllm.spec, target="krea2", init="identity", context_width=12 * width, lap_blocks=0)
+    with torch.no_grad():
+        output = dla(features)
+    valid = (features.text_mask | features.image_mask)[0]
+    expected = krea2.stack_taps(features.hidden_states.float())[:, valid]
+    assert output.token_mask.all() and torch.equal(output.tokens, expected)

@@ -266,3 +266,23 @@ def test_a_clip_that_is_not_krea2s_encoder_is_refused_with_the_loader_to_use(pac
     other.cond_stage_model = torch.nn.Identity()  # any CLIP whose encoder is not Krea 2's
     with pytest.raises(errors.DLAInputError, match=r"not Krea 2's text encoder.*type 'krea2'"):
         pack.DLAKrea2JointEncode.execute(other, PROMPT)
+
+
+@pytest.mark.parametrize("run", ["text", "joint"])
+def test_init_dla_identity_through_dla_loader_and_dual_layer_aggregation_is_native_krea2(
+    comfy, pack, errors, text_run, joint_run, run
+):
+    """`init-dla --target krea2 --init identity` (no MLLM folder: ComfyUI's Qwen3-VL-4B) -> DLA Loader -> DLA."""
+    if _refused_for_old_comfyui(pack, errors):
+        return
+    cli = pack_module("dla_core.cli")
+    dla_nodes = pack_module("nodes.dla_nodes")
+    name = "krea2_identity.safetensors"
+    path = comfy.base_dir / "extra_dla" / name  # extra_model_paths.yaml's dla folder
+    if not path.exists():
+        args = ["init-dla", "--target", "krea2", "--init", "identity", "--lap-blocks", "0", "--out", str(path)]
+        assert cli.main(args) == 0
+    native, features = (text_run[0], text_run[2]) if run == "text" else joint_run
+    handle = dla_nodes.DLALoader.execute(name).result[0]
+    conditioning = dla_nodes.DLAAggregate.execute(handle, features, 2.5).result[0]
+    assert torch.equal(conditioning[0][0], native[0][0])
