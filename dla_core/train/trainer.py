@@ -1,4 +1,4 @@
-"""Two-stage training of the DLA and a FLUX LoRA on cached MLLM features (accelerate + peft + diffusers).
+"""Two-stage training of the DLA and a FLUX.1 / FLUX.2 LoRA on MLLM features (accelerate + peft + diffusers).
 
 One optimisation step:
 
@@ -8,11 +8,12 @@ One optimisation step:
 3. DLA(features) -> context tokens + pooled; samples whose MLLM condition is dropped get the DLA's
    learned null sequence (``DualLayerAggregation.drop_to_null``: the same "MLLM off" the
    sampler's stage 3 uses);
-4. ``x_t = (1 - sigma) * x_0 + sigma * noise``; the LoRA'd FluxTransformer2DModel predicts the
-   velocity ``noise - x_0`` through inference's own FLUX call
-   (:func:`dla_core.flux.references.flux_velocity_tokens`: ``[text ; image ; references]`` tokens in
-   ComfyUI's placement, plus a key mask over context padding); stage 2 adds the reference latents of
-   samples whose identity is kept; MSE on the target tokens only.
+4. ``x_t = (1 - sigma) * x_0 + sigma * noise``; the LoRA'd Flux(2)Transformer2DModel predicts the
+   velocity ``noise - x_0`` through inference's own FLUX call (:func:`dla_core.train.family.velocity_tokens`:
+   FLUX.1's :func:`dla_core.flux.references.flux_velocity_tokens`, ``[text ; image ; references]`` tokens in
+   ComfyUI's placement, plus a key mask over context padding; FLUX.2's
+   :func:`dla_core.flux.flux2.flux2_velocity_tokens`, ComfyUI's FLUX.2 layout); stage 2 adds the reference
+   latents of samples whose identity is kept; MSE on the target tokens only.
 
 The loss lives in :mod:`.module` (:class:`DLAFluxTrainModule`); here: the per-step randomness, the
 data order, and the loop (:func:`setup_training`, :func:`train_step`, :func:`train`).
@@ -23,7 +24,8 @@ normal; ``uniform``; SD3's ``mode``), then optionally shifted: ``resolution`` ap
 inference shift ``mu = calculate_mu(image tokens)`` (:mod:`dla_core.flux.sampling`),
 ``sigma = e^mu / (e^mu + 1/u - 1)``;
 ``fixed`` applies ``sigma = s*u / (1 + (s-1)*u)``. The training guidance value is fed to
-FLUX.1-dev's guidance embedding (diffusers' default 3.5). The loss is unweighted.
+FLUX.1-dev's (and FLUX.2 [dev]'s) guidance embedding (diffusers' FLUX.1 default 3.5; [klein] has none).
+The loss is unweighted.
 
 Exact resumption: the data order is a pure function of (seed, step)
 (:class:`dla_core.train.buckets.BucketBatchSampler`: every batch from one aspect bucket),
