@@ -47,8 +47,10 @@ from ..dla_core.schedule import (
     probe_times,
     validate_taus,
 )
+from ..dla_core.schedule.strength import ReferenceStrength, describe_strengths, parse_reference_strength
 from .model_fit import check_conditioning_fits_model
 from .progress import executing_node_id, show_text
+from .reference_strength import ReferenceStrengths
 from .types import MLLM_OFF_KEY, ReferenceIdentity
 
 # Cond keys per stage; stage 1 uses ComfyUI's own names, which some extensions look for.
@@ -188,6 +190,7 @@ class ModelCall(NamedTuple):
     t: float
     stage: int
     references: tuple[bool, ...]  # which references were active
+    strengths: tuple[float, ...] = ()  # reference_strength of the active references (empty: not set)
 
 
 # Test hook: called with every ModelCall of every staged guider; empty (one falsy check per call) in production.
@@ -212,10 +215,21 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
     lookup. Conditionings come in through :meth:`set_stage_conds`, the one way to set them.
     """
 
-    def __init__(self, model_patcher, tau1: float, tau2: float, reference_timing: str | Sequence[ReferenceRange] = ()):
+    def __init__(
+        self,
+        model_patcher,
+        tau1: float,
+        tau2: float,
+        reference_timing: str | Sequence[ReferenceRange] = (),
+        reference_strength: str | Sequence[ReferenceStrength] = (),
+    ):
         self.taus = StageTaus(tau1, tau2)
         if isinstance(reference_timing, str):
             reference_timing = parse_reference_timing(reference_timing)
+        # None unless some strength differs from 1; then the model is a clone carrying the attention patch
+        self.reference_strength = ReferenceStrengths.parse(reference_strength)
+        if self.reference_strength is not None:
+            model_patcher = self.reference_strength.patched(model_patcher)
         super().__init__(model_patcher)
         self.reference_timing = tuple(reference_timing)
         self._available: dict[int, tuple[bool, bool]] = {}  # stage -> (has positive, has negative)
@@ -281,6 +295,8 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
         self._reference_counts = {
             stage: max(reference_count(conds.get(key)) for key in STAGE_COND_KEYS[stage]) for stage in ALL_STAGES
         }
+        if self.reference_strength is not None:
+            self.reference_strength.check_count(max(self._reference_counts.values()))
         if not self.reference_timing:
             return conds
         check_reference_count(self.reference_timing, max(self._reference_counts.values()))
@@ -357,6 +373,8 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
                 ", ".join(map(str, self.reference_timing)),
                 "; ".join(f"stage {stage}: {describe_mask(mask)}" for stage, mask in pairs),
             )
+        if self.reference_strength is not None:
+            logging.info("DLA reference strength %s", describe_strengths(self.reference_strength.strengths))
         keys = {key for stage in stages for key in STAGE_COND_KEYS[stage]}
         keys |= {key for pair in pairs for key in self._keys_of(*pair)}
         all_conds = self.original_conds
@@ -370,9 +388,14 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         t = self._time(timestep.flatten()[0])
         stage, mask = self._stage_and_mask(t)
+        strengths = ()
+        if self.reference_strength is not None:  # this call's strengths reach the attention patch
+            strengths = self.reference_strength.for_call(mask, t)
+            model_options = self.reference_strength.call_options(model_options, strengths)
+            patch_calls = self.reference_strength.patch.calls
         if MODEL_CALL_OBSERVERS:
             for observer in MODEL_CALL_OBSERVERS:
-                observer(ModelCall(self, t, stage, mask))
+                observer(ModelCall(self, t, stage, mask, strengths))
         if stage != self._shown_stage:  # progress text on the sampling node; never fails sampling
             self._shown_stage = stage
             show_text(f"stage {stage}/3: {STAGE_LABELS[stage]}", self._node_id)
@@ -382,7 +405,7 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
             raise DLAInputError(
                 f"The sampler evaluated t={t:.4f} ({STAGE_LABELS[stage]}), outside its own sigma range."
             )
-        return comfy.samplers.sampling_function(
+        out = comfy.samplers.sampling_function(
             self.inner_model,
             x,
             timestep,
@@ -392,6 +415,9 @@ class StagedCFGGuider(comfy.samplers.CFGGuider):
             model_options=model_options,
             seed=seed,
         )
+        if self.reference_strength is not None:  # a model whose attention never ran the patch: refuse, never ignore
+            self.reference_strength.check_applied(patch_calls, strengths, self.model_patcher)
+        return out
 
 
 @dataclass(frozen=True)
@@ -475,7 +501,7 @@ def tau_inputs(tau1_tooltip: str, tau2_tooltip: str) -> list:
 
 
 def stage_input_problem(values: dict) -> str | None:
-    """For a staged node's ``validate_inputs``: what is wrong with tau1/tau2 and reference_timing, or None.
+    """For a staged node's ``validate_inputs``: what is wrong with tau1/tau2, the timing or the strength, or None.
 
     The same checks as :class:`StagedCFGGuider`'s constructor, run before the prompt; a linked
     (still unknown, None) input passes.
@@ -485,6 +511,7 @@ def stage_input_problem(values: dict) -> str | None:
         if tau1 is not None and tau2 is not None:
             validate_taus(tau1, tau2)
         parse_reference_timing(values.get("reference_timing") or "")
+        parse_reference_strength(values.get("reference_strength") or "")
     except DLAInputError as error:
         return str(error)
     return None
