@@ -286,3 +286,52 @@ def test_init_dla_identity_through_dla_loader_and_dual_layer_aggregation_is_nati
     handle = dla_nodes.DLALoader.execute(name).result[0]
     conditioning = dla_nodes.DLAAggregate.execute(handle, features, 2.5).result[0]
     assert torch.equal(conditioning[0][0], native[0][0])
+
+
+@pytest.fixture(scope="module")
+def te_ready_dit(clip, tmp_path_factory):
+    """A tiny Krea 2 DiT whose text fusion reads this encoder's 12 x 2560 (ComfyUI's loader and detection)."""
+    if clip is None:
+        return None
+    import comfy.sd
+
+    from dla_tiny.krea2 import TE_WIDTH, build_tiny_krea2_dit
+
+    path = cached_build(build_tiny_krea2_dit, tmp_path_factory.mktemp("krea2-dit-2560"), seed=0, txtdim=TE_WIDTH)
+    return comfy.sd.load_diffusion_model(str(path))
+
+
+def test_a_joint_encoding_feeds_krea2s_layer_map_and_the_staged_sampler(pack, errors, joint_run, te_ready_dit):
+    """The whole training-free pipeline on one Krea 2: joint encode -> layer map (text and image tokens) and
+    -> staged sampling (stage 1 the joint conditioning, stage 2 + reference latents)."""
+    if _refused_for_old_comfyui(pack, errors):
+        return
+    import node_helpers
+
+    conditioning, features = joint_run
+    _, summary = pack_module("nodes.krea2_layer_map").DLAKrea2LayerMap.execute(te_ready_dit, features, 256, 256).result
+    text_tokens = int(features.text_mask.sum())
+    assert f"text tokens ({text_tokens}):" in summary and "image tokens (13):" in summary
+    references = [torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(7))]
+    values = {"reference_latents": references, "reference_latents_method": "index"}
+    with_references = node_helpers.conditioning_set_values(conditioning, values, append=True)
+    sampled = (
+        pack_module("nodes.staged_advanced")
+        .DLAStagedKSamplerAdvanced.execute(
+            te_ready_dit,
+            conditioning,
+            {"samples": torch.zeros(1, 16, 1, 4, 4)},
+            seed=1,
+            steps=2,
+            cfg=1.0,
+            sampler_name="euler",
+            scheduler="simple",
+            denoise=1.0,
+            tau1=0.95,
+            tau2=0.0,
+            reference_timing="",
+            positive_stage2=with_references,
+        )
+        .result[0]["samples"]
+    )
+    assert sampled.shape == (1, 16, 1, 4, 4) and torch.isfinite(sampled).all()
