@@ -328,6 +328,16 @@ def test_a_flux2_workflow_shows_a_reference_timing_example():
     assert staged["inputs"]["reference_timing"] == "0.95-0, 1-0.5"
 
 
+@pytest.mark.parametrize(
+    "name", ["flux2_dev_staged", "flux2_klein_staged", "flux2_dev_compare", "qwen_image_edit_2511_staged"]
+)
+def test_the_flux2_and_qwen_workflows_expose_reference_strength(name):
+    """The optional widget is saved by the front end; FLUX.2 [dev] shows an example, Qwen leaves it empty."""
+    _, staged = _staged_node(load(API_DIR / f"{name}.json"))
+    expected = "1.0, 0.6" if name == "flux2_dev_staged" else ""
+    assert staged["inputs"]["reference_strength"] == expected
+
+
 def test_flux2_compare_differs_only_in_staging():
     """Native (ReferenceLatent x2 + BasicGuider) and staged share seed, noise, sampler, latent and text."""
     api = load(API_DIR / "flux2_dev_compare.json")

@@ -30,6 +30,7 @@ const SEED = 42;
 const TAU1 = 0.95;
 const TAU2 = 0.0;
 const TIMING_EXAMPLE = '0.95-0, 1-0.5';
+const STRENGTH_EXAMPLE = '1.0, 0.6';
 const FLUX2_PROMPT = 'The subject from image 1 sitting on a wooden bench in an autumn park, in the colours and light of image 2, seen from the side, soft morning light.';
 const QWEN_PROMPT = 'The subject from Picture 1 sitting on a wooden bench in an autumn park, in the colours and light of Picture 2, seen from the side, soft morning light.';
 
@@ -87,6 +88,9 @@ const FLUX2_DEV_STAGED_NOTE = [
   `reference_timing '${TIMING_EXAMPLE}' (an example, clear it to drop it): image1 is used while t < 0.95 (from stage 2`,
   'to the end), image2 only while t >= 0.5 (an early layout / colour reference). Empty: both references in',
   'every stage that carries them.',
+  `reference_strength '${STRENGTH_EXAMPLE}' (an example): image2's tokens get 0.6 of the attention they would get`,
+  '(a bias log 0.6 on its keys in every attention layer); 1 = unchanged, 0 = ignored. A ramp over t:',
+  "'0.95-0.5:1.0>0.3'. Empty: every reference at strength 1. Needs a ComfyUI whose FLUX runs attention patches (0.33).",
 ].join('\n');
 
 const FLUX2_KLEIN_NOTE = [
@@ -102,6 +106,7 @@ const FLUX2_KLEIN_NOTE = [
   'negative on every stage. Reference Latents (DLA): image1 subject, image2 second reference, model\'s own method.',
   ...RECIPE,
   'reference_timing is empty: both references in stages 2 and 3 (see flux2_dev_staged for an example).',
+  'reference_strength is empty: every reference at strength 1 (see flux2_dev_staged for an example).',
 ].join('\n');
 
 const QWEN_NOTE = [
@@ -120,6 +125,8 @@ const QWEN_NOTE = [
   'Reference Latents (DLA) adds their VAE latents with index_timestep_zero set explicitly, as the template does.',
   ...RECIPE,
   'reference_timing is empty: both references in stages 2 and 3 (see flux2_dev_staged for an example).',
+  "reference_strength stays empty here: ComfyUI 0.33's Qwen-Image attention ignores an attention patch's mask,",
+  'so the node refuses a strength other than 1 on Qwen-Image-Edit (FLUX.2, Kontext and Krea 2 take it).',
 ].join('\n');
 
 const note = (text, size = [900, 400]) => ({ key: 'note', type: 'Note', pos: [0, -(size[1] + 40)], size, widgets: { 0: text }, title: 'Read me' });
@@ -154,13 +161,13 @@ function flux2LoaderLinks(guidance) {
   ];
 }
 
-function flux2StagedNodes(x, y, suffix, steps, timing) {
+function flux2StagedNodes(x, y, suffix, steps, timing, strength) {
   return [
     { key: `refs${suffix}`, type: 'DLAReferenceLatents', pos: [x, y], size: [380, 0], title: 'Reference Latents (DLA): image1 + image2', widgets: { vae_resolution: 1024, reference_latents_method: "model's own method (leave unset)" } },
     { key: `scheduler${suffix}`, type: 'Flux2Scheduler', pos: [x, y + 320], size: [380, 0], widgets: { steps, width: 1024, height: 1024 } },
     {
       key: `guider${suffix}`, type: 'DLAStagedGuiderAdvanced', pos: [x + 420, y], size: [360, 0], title: 'Staged Guider (Advanced, DLA)',
-      widgets: { cfg: 1.0, tau1: TAU1, tau2: TAU2, reference_timing: timing },
+      widgets: { cfg: 1.0, tau1: TAU1, tau2: TAU2, reference_timing: timing, reference_strength: strength },
     },
     { key: `sample${suffix}`, type: 'SamplerCustomAdvanced', pos: [x + 820, y], size: [300, 0] },
     { key: `decode${suffix}`, type: 'VAEDecode', pos: [x + 1160, y] },
@@ -187,14 +194,14 @@ function flux2StagedLinks(suffix, text) {
   ];
 }
 
-function flux2Staged(unet, te, guidance, steps, timing, prefix, noteText) {
+function flux2Staged(unet, te, guidance, steps, timing, strength, prefix, noteText) {
   const text = guidance ? 'guidance' : 'text';
   return {
     nodes: [
       note(noteText),
       ...flux2Loaders(unet, te),
       ...flux2TextNodes(guidance),
-      ...flux2StagedNodes(900, 0, '', steps, timing),
+      ...flux2StagedNodes(900, 0, '', steps, timing, strength),
       save('save', [2100, 110], prefix),
     ],
     links: [...flux2LoaderLinks(guidance), ...flux2StagedLinks('', text), ['decode', 0, 'save', 'images']],
@@ -235,7 +242,7 @@ function flux2Compare() {
       { key: 'native_sample', type: 'SamplerCustomAdvanced', pos: [2040, -700], size: [300, 0] },
       { key: 'native_decode', type: 'VAEDecode', pos: [2380, -700] },
       save('native_save', [2380, -590], 'flux2_native', 'Native'),
-      ...flux2StagedNodes(900, 0, '_staged', 20, ''),
+      ...flux2StagedNodes(900, 0, '_staged', 20, '', ''),
       save('staged_save', [2100, 110], 'flux2_staged', `Staged (tau1 ${TAU1}, tau2 ${TAU2})`),
     ],
     links: [
@@ -277,7 +284,7 @@ function qwen2511Staged() {
       { key: 'refs_neg', type: 'DLAReferenceLatents', pos: [900, 300], size: [380, 0], title: 'Reference Latents (negative)', widgets: { vae_resolution: 1024, reference_latents_method: method } },
       {
         key: 'sampler', type: 'DLAStagedKSamplerAdvanced', pos: [1320, 0], size: [340, 0], title: 'Staged KSampler (Advanced, DLA)',
-        widgets: { seed: SEED, control_after_generate: 'fixed', steps: 40, cfg: 4.0, sampler_name: 'euler', scheduler: 'simple', denoise: 1.0, tau1: TAU1, tau2: TAU2, reference_timing: '' },
+        widgets: { seed: SEED, control_after_generate: 'fixed', steps: 40, cfg: 4.0, sampler_name: 'euler', scheduler: 'simple', denoise: 1.0, tau1: TAU1, tau2: TAU2, reference_timing: '', reference_strength: '' },
       },
       { key: 'decode', type: 'VAEDecode', pos: [1700, 0] },
       save('save', [1700, 110], 'qwen_edit_2511_staged'),
@@ -315,9 +322,10 @@ const withRequires = (graph, requires) => ({ ...graph, extra: { dla_requires: re
 
 const WORKFLOWS = {
   flux2_dev_staged: withRequires(
-    flux2Staged(FILES.flux2Dev, FILES.mistral, true, 20, TIMING_EXAMPLE, 'flux2_dev_staged', FLUX2_DEV_STAGED_NOTE), REQUIRES.flux2Dev),
+    flux2Staged(FILES.flux2Dev, FILES.mistral, true, 20, TIMING_EXAMPLE, STRENGTH_EXAMPLE, 'flux2_dev_staged', FLUX2_DEV_STAGED_NOTE),
+    REQUIRES.flux2Dev),
   flux2_klein_staged: withRequires(
-    flux2Staged(FILES.klein, FILES.qwen3, false, 4, '', 'flux2_klein_staged', FLUX2_KLEIN_NOTE), REQUIRES.flux2Klein),
+    flux2Staged(FILES.klein, FILES.qwen3, false, 4, '', '', 'flux2_klein_staged', FLUX2_KLEIN_NOTE), REQUIRES.flux2Klein),
   flux2_dev_compare: withRequires(flux2Compare(), REQUIRES.flux2Dev),
   qwen_image_edit_2511_staged: withRequires(qwen2511Staged(), REQUIRES.qwen2511),
 };
