@@ -39,7 +39,7 @@ TARGET_DESCRIPTION = (
 REFERENCE_METHODS = ("index", "index_timestep_zero")  # what Krea 2's DiT reads; "index" is its default
 # The ComfyUI the pack tests Krea 2 on (its first release with Krea 2 is not known here).
 TESTED_COMFYUI = "0.33.0"
-MAX_REFERENCES = 6  # reference IMAGE inputs of the joint-encode node (each may be a batch)
+REFERENCE_INPUTS = 6  # IMAGE inputs of the joint-encode node (each may be a batch; DLA_MAX_REFERENCES limits the total)
 
 
 def stack_taps(hidden_states: torch.Tensor, layer_indices=None) -> torch.Tensor:

@@ -20,8 +20,9 @@ the conditioning starts at the first image. Krea 2 was trained on text-only cond
 are new to it (see docs/krea2.md).
 
 ComfyUI's Qwen3-VL adds DeepStack visual features to the image positions after decoder layers 0-2, so
-hidden states 1-3 of image tokens include them (ComfyUI's own intermediate states do; Hugging Face's
-``hidden_states`` record the decoder outputs before that addition).
+hidden states 1-3 of image tokens include them, as in ComfyUI's own intermediate states and the pack's MLLM
+Joint Encode on the Hugging Face model (transformers 5's raw ``hidden_states`` record the decoder outputs
+before that addition; see tests/test_mllm_encode.py).
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class DLAKrea2JointEncode(io.ComfyNode):
                 tooltip=f"Reference image(s) {i}. Every frame of a batch is its own reference; they enter the chat in "
                 "the order image1 frames, image2 frames, ...",
             )
-            for i in range(1, krea2.MAX_REFERENCES + 1)
+            for i in range(1, krea2.REFERENCE_INPUTS + 1)
         ]
         return io.Schema(
             node_id="DLAKrea2JointEncode",
@@ -286,6 +287,6 @@ class DLAKrea2JointEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, prompt, mllm_resolution=NATIVE_MLLM_SIDE, mllm_resolutions="", **images) -> io.NodeOutput:
-        ordered = [images.get(f"image{i}") for i in range(1, krea2.MAX_REFERENCES + 1)]
+        ordered = [images.get(f"image{i}") for i in range(1, krea2.REFERENCE_INPUTS + 1)]
         conditioning, features = encode_krea2_joint(clip, prompt, ordered, mllm_resolution, mllm_resolutions)
         return io.NodeOutput(conditioning, features)
