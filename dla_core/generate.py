@@ -70,12 +70,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models = parser.add_argument_group("models (all four, or none for the embedded random self-test)")
     models.add_argument(
-        "--flux", help="FLUX transformer: diffusers folder or single-file .safetensors (BFL/ComfyUI layout)"
+        "--flux",
+        help="FLUX.1 or FLUX.2 ([klein], [dev]) transformer: diffusers folder or single-file .safetensors "
+        "(BFL/ComfyUI layout; FLUX.2 is recognised by its weights and needs diffusers >= 0.37)",
     )
     models.add_argument(
         "--flux-config", help="folder with the transformer's config.json, for a single-file --flux (default: inferred)"
     )
-    models.add_argument("--vae", help="FLUX VAE: diffusers AutoencoderKL folder or ae.safetensors")
+    models.add_argument(
+        "--vae",
+        help="FLUX VAE: diffusers AutoencoderKL folder or ae.safetensors; FLUX.2: AutoencoderKLFlux2 folder or "
+        "flux2-vae.safetensors",
+    )
     models.add_argument("--mllm", help="Hugging Face MLLM folder (InternVL3 -hf, Qwen2.5-VL, Qwen3-VL)")
     models.add_argument("--dla", help="DLA checkpoint (.safetensors)")
     models.add_argument("--lora", help="optional FLUX LoRA (.safetensors)")
@@ -116,9 +122,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sampling.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
     sampling.add_argument(
         "--reference-method",
-        default="offset",
+        default=None,
         choices=REFERENCE_METHODS,
-        help="placement of the reference tokens (default offset, as FLUX Kontext)",
+        help="placement of the reference tokens (default: offset for FLUX.1, as FLUX Kontext; index for FLUX.2, "
+        "its own and only one)",
     )
     sampling.add_argument(
         "--reference-megapixels",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,7 +41,10 @@ from .checks import check_image_pixels, finite
 from .dla import strip_padding
 from .dtypes import DTYPES
 from .errors import DLAInputError
-from .flux.references import DEFAULT_REFERENCE_METHOD, normalize_reference_method
+from .flux import flux2_sampling
+from .flux.flux2 import check_flux2_reference_method, encode_flux2_latent, require_flux2_diffusers
+from .flux.flux2_weights import is_flux2_transformer, load_flux2_transformer, load_flux2_vae
+from .flux.references import DEFAULT_REFERENCE_METHOD, flux_forward, normalize_reference_method
 from .flux.sampling import (
     DEFAULT_GUIDANCE,
     LATENT_CHANNELS,
@@ -110,6 +114,12 @@ def _pil_to_vae_input(image: Image.Image, width: int, height: int) -> torch.Tens
     return torch.from_numpy(array).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
+def _latent_shape(family: str, batch: int, height: int, width: int) -> tuple[int, int, int, int]:
+    if family == "flux2":
+        return flux2_sampling.flux2_latent_shape(batch, height, width)
+    return (batch, LATENT_CHANNELS, height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
+
+
 def latents_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """VAE output [batch, 3, H, W] in [-1, 1] -> PIL images (clamped, rounded like ComfyUI's SaveImage)."""
     array = ((images.float().clamp(-1, 1) + 1.0) / 2.0).permute(0, 2, 3, 1).cpu().numpy()
@@ -155,6 +165,8 @@ class DLASubjectPipeline:
         self.dla = dla
         self.device = torch.device(device)
         self.offload_mllm = offload_mllm
+        # FLUX.2 ([klein], [dev]): 128-channel latents at 1/16, its own schedule and forward (dla_core.flux.flux2*).
+        self.family = "flux2" if type(transformer).__name__ == "Flux2Transformer2DModel" else "flux"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -190,10 +202,15 @@ class DLASubjectPipeline:
         if lora is not None and not Path(lora).is_file():
             raise DLAInputError(f"LoRA file not found: {lora}. Give a .safetensors LoRA file.")
         torch_dtype = resolve_torch_dtype(dtype, device)
-        transformer = load_flux_transformer(flux, dtype=torch_dtype, config=flux_config).to(device).eval()
+        flux2 = is_flux2_transformer(flux)
+        if flux2:
+            require_flux2_diffusers()  # before anything loads
+        load_transformer = load_flux2_transformer if flux2 else partial(load_flux_transformer, config=flux_config)
+        transformer = load_transformer(flux, dtype=torch_dtype).to(device).eval()
         transformer.requires_grad_(False)
+        load_vae = load_flux2_vae if flux2 else load_flux_vae
         vae_model = (
-            load_flux_vae(vae, dtype=torch.float32 if torch_dtype == torch.float16 else torch_dtype).to(device).eval()
+            load_vae(vae, dtype=torch.float32 if torch_dtype == torch.float16 else torch_dtype).to(device).eval()
         )
         vae_model.requires_grad_(False)
         loaded_mllm = load_mllm(mllm, dtype=mllm_dtype, device=device)
@@ -301,7 +318,9 @@ class DLASubjectPipeline:
         null = self.dla.null_conditioning(1)
         tokens = strip_padding(conditioning.tokens, conditioning.token_mask)  # [1, tokens, 4096]
         null_tokens = strip_padding(null.tokens, null.token_mask)  # [1, null_length, 4096]
-        return tokens.float(), conditioning.pooled.float(), null_tokens.float(), null.pooled.float()
+        pooled = None if conditioning.pooled is None else conditioning.pooled.float()  # FLUX.2: none
+        null_pooled = None if null.pooled is None else null.pooled.float()
+        return tokens.float(), pooled, null_tokens.float(), null_pooled
 
     def _after_encode(self) -> None:
         if self.offload_mllm == "cpu":
@@ -322,31 +341,41 @@ class DLASubjectPipeline:
         for image in references:
             width, height = identity_resolution(image.width, image.height, megapixels)
             pixels = _pil_to_vae_input(image, width, height).to(self.device, vae_dtype)
-            raw = self.vae.encode(pixels).latent_dist.mode()  # [1, 16, h, w], VAE space
-            latents.append(self.to_model_space(raw.float()))
+            if self.family == "flux2":  # [128, h/16, w/16], normalised: model space = ComfyUI's LATENT
+                latents.append(encode_flux2_latent(self.vae, pixels[0]).to(self.device)[None])
+            else:
+                raw = self.vae.encode(pixels).latent_dist.mode()  # [1, 16, h, w], VAE space
+                latents.append(self.to_model_space(raw.float()))
             sizes.append((width, height))
         return latents, sizes
 
     def to_model_space(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-space latent -> what the transformer sees (ComfyUI's ``process_latent_in``)."""
+        """VAE-space latent -> what the transformer sees (ComfyUI's ``process_latent_in``; FLUX.2: the same)."""
+        if self.family == "flux2":
+            return latents
         config = self.vae.config
         return (latents - (config.shift_factor or 0.0)) * config.scaling_factor
 
     def to_vae_space(self, latents: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_model_space` (ComfyUI's ``process_latent_out``)."""
+        if self.family == "flux2":
+            return latents
         config = self.vae.config
         return latents / config.scaling_factor + (config.shift_factor or 0.0)
 
     @staticmethod
-    def prepare_latents(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
-        """Initial noise [batch, 16, height/8, width/8], float32, CPU generator (as ComfyUI's ``prepare_noise``)."""
+    def prepare_latents(batch: int, height: int, width: int, seed: int, family: str = "flux") -> torch.Tensor:
+        """Initial noise [batch, 16, height/8, width/8] (FLUX.2: [batch, 128, height/16, width/16]), float32, CPU
+        generator (as ComfyUI's ``prepare_noise``)."""
         generator = torch.Generator("cpu").manual_seed(int(seed))
-        shape = (batch, LATENT_CHANNELS, height // VAE_SCALE_FACTOR, width // VAE_SCALE_FACTOR)
+        shape = _latent_shape(family, batch, height, width)
         return torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """Model-space latents -> PIL images."""
+        if self.family == "flux2":
+            return latents_to_pil(flux2_sampling.decode_flux2_latent(self.vae, latents.to(self.device)))
         raw = self.to_vae_space(latents).to(self.device, self.vae.dtype)
         return latents_to_pil(self.vae.decode(raw).sample)
 
@@ -367,7 +396,7 @@ class DLASubjectPipeline:
         latents: torch.Tensor | None = None,
         sigmas: Sequence[float] | torch.Tensor | None = None,
         true_cfg_scale: float = 1.0,
-        reference_method: str = DEFAULT_REFERENCE_METHOD,
+        reference_method: str | None = None,
         reference_megapixels: float = DEFAULT_REFERENCE_MEGAPIXELS,
         mllm_image_size: int | None = None,
         features=None,
@@ -383,9 +412,12 @@ class DLASubjectPipeline:
         schedule (steps + 1 values ending in 0) replacing FLUX's shifted one.
         ``features``: the MLLM's features of this prompt and these references, computed before (training's
         validation images reuse them while the DLA changes); the MLLM is then not run.
-        ``output_type``: "pil" or "latent" (skip decoding).
+        ``output_type``: "pil" or "latent" (skip decoding). ``reference_method``: None = the family's
+        (FLUX.1 ``offset``, FLUX.2 ``index``, the only one FLUX.2 takes).
         """
         references = self._load_references(references)
+        if reference_method is None:  # the family's: FLUX.1 offset (as FLUX Kontext), FLUX.2 index (its own)
+            reference_method = "index" if self.family == "flux2" else DEFAULT_REFERENCE_METHOD
         self.check_inputs(
             prompt,
             references,
@@ -403,12 +435,12 @@ class DLASubjectPipeline:
         if output_type not in ("pil", "latent"):
             raise DLAInputError(f"output_type must be 'pil' or 'latent', got {output_type!r}.")
         reference_images = to_pil_list(references)
-        sigma_list = self._sigmas(sigmas, height, width, num_inference_steps)
-        if latents is not None and tuple(latents.shape) != (num_images, LATENT_CHANNELS, height // 8, width // 8):
-            raise DLAInputError(
-                f"latents have shape {tuple(latents.shape)}; expected "
-                f"{(num_images, LATENT_CHANNELS, height // 8, width // 8)}."
-            )
+        sigma_list = self._sigmas(sigmas, height, width, num_inference_steps, self.family)
+        expected_shape = _latent_shape(self.family, num_images, height, width)
+        if latents is not None and tuple(latents.shape) != expected_shape:
+            raise DLAInputError(f"latents have shape {tuple(latents.shape)}; expected {expected_shape}.")
+        if self.family == "flux2":
+            check_flux2_reference_method(reference_method)
 
         # 1. Encode: MLLM reads prompt + references jointly, the DLA aggregates all layers.
         if features is None:
@@ -418,13 +450,16 @@ class DLASubjectPipeline:
         # 2. Reference latents for the identity stages.
         reference_latents, reference_sizes = self.prepare_reference_latents(reference_images, reference_megapixels)
         # 3. Noise (sigma_0 = 1 for FLUX's schedule, so the start latent is the noise scaled by it).
-        noise = self.prepare_latents(num_images, height, width, seed) if latents is None else latents.float().cpu()
+        if latents is None:
+            noise = self.prepare_latents(num_images, height, width, seed, self.family)
+        else:
+            noise = latents.float().cpu()
         start = (noise * float(sigma_list[0])).to(self.device)
         conditioning = StagedConditioning(
             tokens=tokens.expand(num_images, -1, -1),
-            pooled=pooled.expand(num_images, -1),
+            pooled=None if pooled is None else pooled.expand(num_images, -1),
             null_tokens=null_tokens.expand(num_images, -1, -1),
-            null_pooled=null_pooled.expand(num_images, -1),
+            null_pooled=None if null_pooled is None else null_pooled.expand(num_images, -1),
             reference_latents=reference_latents,
             reference_method=normalize_reference_method(reference_method),
         )
@@ -440,6 +475,7 @@ class DLASubjectPipeline:
             true_cfg_scale=true_cfg_scale,
             progress=progress,
             callback=callback,
+            forward=flux2_sampling.flux2_loop_forward if self.family == "flux2" else flux_forward,
         )
         # 5. Decode.
         images = self.decode(final) if output_type == "pil" else []
@@ -458,9 +494,10 @@ class DLASubjectPipeline:
         return [load_reference_image(item) if isinstance(item, (str, Path)) else item for item in items]
 
     @staticmethod
-    def _sigmas(sigmas, height: int, width: int, steps: int) -> torch.Tensor:
+    def _sigmas(sigmas, height: int, width: int, steps: int, family: str = "flux") -> torch.Tensor:
         if sigmas is None:
-            return flux_sigmas(height, width, steps)
+            schedule = flux2_sampling.flux2_sigmas if family == "flux2" else flux_sigmas
+            return schedule(height, width, steps)
         values = torch.as_tensor(sigmas, dtype=torch.float32).flatten()
         if values.numel() < 2 or float(values[-1]) != 0.0 or bool((values[1:] > values[:-1]).any()):
             raise DLAInputError("sigmas must be a non-increasing list of at least 2 values ending in 0.")

@@ -195,6 +195,12 @@ def match_comfyui_numerics(transformer) -> None:
 QK_NORMS = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
 
 
+def is_flux2_transformer(path: str | Path) -> bool:
+    """Whether a transformer folder or file holds FLUX.2 (its config's class, or a single file's keys)."""
+    config = read_transformer_config(path)
+    return bool(config) and config.get("_class_name") == FLUX2_TRANSFORMER_CLASS
+
+
 def load_flux2_transformer(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a FLUX.2 transformer from a diffusers folder or a ComfyUI-layout ``.safetensors`` file (offline).
 
@@ -245,12 +251,45 @@ def is_flux2_vae_folder(path: str | Path) -> bool:
 
 
 def load_flux2_vae(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load FLUX.2's VAE (diffusers ``AutoencoderKLFlux2`` folder; offline)."""
+    """Load FLUX.2's VAE: a diffusers ``AutoencoderKLFlux2`` folder, or ComfyUI's ``flux2-vae.safetensors`` layout
+    (the generic KL layout + ``quant_conv`` / ``post_quant_conv`` + ``bn.*``; widths read from the file, as
+    ComfyUI does for BFL's small-decoder file). Offline."""
     require_flux2_diffusers()
     from diffusers import AutoencoderKLFlux2
 
     path = Path(path)
+    if path.is_file():
+        return _flux2_vae_from_file(path, dtype)
     sub = path / "vae" if (path / "vae" / "config.json").exists() else path
     if not (sub / "config.json").exists():
-        raise DLAInputError(f"{path} has no config.json: pass a diffusers AutoencoderKLFlux2 folder (FLUX.2's VAE).")
+        raise DLAInputError(
+            f"{path} has no config.json: pass a diffusers AutoencoderKLFlux2 folder or flux2-vae.safetensors."
+        )
     return AutoencoderKLFlux2.from_pretrained(sub, torch_dtype=dtype, local_files_only=True)
+
+
+def _flux2_vae_from_file(path: Path, dtype: torch.dtype):
+    from diffusers import AutoencoderKLFlux2
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    state = load_file(str(path))
+    if "bn.running_mean" not in state or "encoder.conv_in.weight" not in state:
+        raise DLAInputError(f"{path.name} is not FLUX.2's VAE (no bn.running_mean / encoder.conv_in).")
+    levels = _count(state, "encoder.down.")
+    encoder = tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(levels))
+    decoder = tuple(state[f"decoder.up.{i}.block.0.conv1.weight"].shape[0] for i in range(levels))
+    vae = AutoencoderKLFlux2(
+        block_out_channels=encoder,
+        decoder_block_out_channels=decoder,
+        layers_per_block=_count(state, "encoder.down.0.block."),
+        latent_channels=state["post_quant_conv.weight"].shape[0],
+    )
+    converted = convert_ldm_vae_checkpoint(state, vae.config)
+    for key in state:
+        if key.startswith(("quant_conv.", "post_quant_conv.", "bn.")):
+            converted[key] = state[key]
+    try:
+        vae.load_state_dict(converted, strict=True)
+    except RuntimeError as exc:
+        raise DLAInputError(f"{path.name} does not match FLUX.2's VAE layout: {exc}") from exc
+    return vae.to(dtype).eval()

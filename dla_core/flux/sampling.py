@@ -132,13 +132,15 @@ def staged_euler_sample(
     true_cfg_scale: float = 1.0,
     progress: bool = True,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    forward: Callable = flux_forward,
 ) -> tuple[torch.Tensor, list[int]]:
     """Denoise ``latents`` ([batch, 16, h, w] model space, already noised to ``sigmas[0]``).
 
     Returns the final latents (float32, model space) and the stage of every step.
     ``true_cfg_scale`` > 1 adds a second model call per step with the stage's negative
     (:meth:`StagedConditioning.negative_for_stage`) and mixes ``neg + scale * (pos - neg)``.
-    ``callback(step, stage, latents)`` runs after each step.
+    ``callback(step, stage, latents)`` runs after each step. ``forward``: the model call, FLUX.1's
+    :func:`~dla_core.flux.references.flux_forward` or FLUX.2's ``flux2_sampling.flux2_loop_forward``.
     """
     taus = StageTaus(tau1, tau2)
     x = latents.to(torch.float32)
@@ -151,12 +153,10 @@ def staged_euler_sample(
             stage = taus.stage(sigma)
             stages.append(stage)
             context, pooled, refs = conditioning.for_stage(stage)
-            velocity = flux_forward(transformer, x, sigma, context, pooled, guidance, refs, method).float()
+            velocity = forward(transformer, x, sigma, context, pooled, guidance, refs, method).float()
             if true_cfg_scale != 1.0:
                 neg_context, neg_pooled, neg_refs = conditioning.negative_for_stage(stage)
-                negative = flux_forward(
-                    transformer, x, sigma, neg_context, neg_pooled, guidance, neg_refs, method
-                ).float()
+                negative = forward(transformer, x, sigma, neg_context, neg_pooled, guidance, neg_refs, method).float()
                 velocity = negative + true_cfg_scale * (velocity - negative)
             x = x + (sigma_next - sigma) * velocity
             bar.set_postfix(stage=stage)
