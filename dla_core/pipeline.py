@@ -6,7 +6,9 @@
     -> prepare_latents (seeded noise) -> staged denoising loop -> decode (VAE)
 
 It makes the same choices as the ComfyUI nodes, so both give the same latents on the same
-weights (tests/integration/test_pipeline_parity.py):
+weights (tests/integration/test_pipeline_parity.py; FLUX.2: test_pipeline_parity_flux2.py, where the latents
+are 128 channels at 1/16, the schedule is ``Flux2Scheduler``'s, references sit at their own time offsets and
+there is no pooled vector: :mod:`dla_core.flux.flux2`, :mod:`dla_core.flux.flux2_sampling`). FLUX.1:
 
 - noise: ``torch.randn`` of the whole latent batch ``[batch, 16, H/8, W/8]`` in float32 on
   the CPU from ``torch.Generator().manual_seed(seed)`` (ComfyUI's ``prepare_noise``);
