@@ -233,6 +233,16 @@ def preset_dla_config(mllm: MLLMShape, dit_preset: str):
         return init_dla(MLLMSpec(mllm.family, mllm.num_layers, mllm.width, mllm.name), DIT_TARGET[dit_preset]).config
 
 
+def lora_targets(config, family: str) -> list[str]:
+    """The LoRA targets training uses: the config's, where FLUX.1's default list means FLUX.2's own on FLUX.2
+    (as :func:`dla_core.train.module.add_lora` does)."""
+    from .config import FLUX_ATTENTION_TARGETS
+    from .family import default_lora_targets
+
+    targets = list(config.lora.target_modules)
+    return list(default_lora_targets(family)) if tuple(targets) == FLUX_ATTENTION_TARGETS else targets
+
+
 # ----------------------------------------------------------------------------- byte rules
 
 
@@ -326,7 +336,8 @@ def estimate(
     latent_bytes = 4 * 16 * 4 * (target_tokens + reference_tokens)  # float32, 16 channels, 2x2 per token
     per_sample = hidden_bytes + 2 * mllm_tokens + latent_bytes
     if lora_params is None:
-        lora_params = sum(config.lora.rank * (i + o) for i, o in dit.lora_shapes(config.lora.target_modules))
+        targets = lora_targets(config, dit.family)
+        lora_params = sum(config.lora.rank * (i + o) for i, o in dit.lora_shapes(targets))
     if dla_params is None:
         dla_params = dla_param_count(dla_config)
     trainable = lora_params + dla_params
@@ -425,7 +436,7 @@ def estimate_for_config(
         dit = DIT_PRESETS[dit_preset]
     elif m.flux and Path(m.flux).exists():
         dit, shapes = dit_shape_from_folder(m.flux)
-        lora_params = lora_params_from_shapes(shapes, config.lora.target_modules, config.lora.rank) or None
+        lora_params = lora_params_from_shapes(shapes, lora_targets(config, dit.family), config.lora.rank) or None
     else:
         return f"memory estimate: model.flux is not there; name a DiT with --dit ({', '.join(DIT_PRESETS)})."
     if mllm_preset is not None:

@@ -181,7 +181,14 @@ def build_module(
 
 
 def trainable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().cpu() for name, p in module.named_parameters() if p.requires_grad}
+    """The trainable weights (DLA + LoRA) as full CPU tensors; FSDP2's sharded parameters (DTensors) are gathered,
+    so every process must call it."""
+    state = {}
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            state[name] = full.detach().contiguous().cpu()
+    return state
 
 
 def load_trainable(module: nn.Module, path: Path) -> None:

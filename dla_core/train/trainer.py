@@ -29,9 +29,10 @@ The loss is unweighted.
 
 Exact resumption: the data order is a pure function of (seed, step)
 (:class:`dla_core.train.buckets.BucketBatchSampler`: every batch from one aspect bucket),
-all per-step randomness comes from :class:`TrainRNG`, whose state accelerate checkpoints with
-the optimizer, scheduler and global RNG states, so a resumed run reproduces the losses of an
-uninterrupted one. Checkpoints hold only the trainable weights (DLA + LoRA), not the frozen base.
+all per-step randomness comes from :class:`TrainRNG`, whose state every process checkpoints with
+the optimizer, scheduler and global RNG states accelerate saves, so a resumed run reproduces the
+losses of an uninterrupted one, on one process or many. Checkpoints hold only the trainable weights
+(DLA + LoRA), not the frozen base (FSDP2 / DeepSpeed: their own model state besides, see the accelerate configs).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -124,16 +125,34 @@ __all__ = [  # the module's own API plus the names of .module it re-exports for 
 
 
 class TrainRNG:
-    """The generator of all per-step randomness (noise, sigmas, dropout); checkpointed by accelerate."""
+    """The generator of all per-step randomness (noise, sigmas, dropout) of one process.
 
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
+    Checkpointed twice: as a registered object (accelerate writes the main process's only) and, per process,
+    as ``train_rng_<rank>.safetensors`` in the checkpoint folder (:meth:`save` / :meth:`load`), so that after a
+    resume every process continues its own stream, not the main process's.
+    """
+
+    def __init__(self, seed: int, rank: int = 0):
+        self.rank = rank
+        self.generator = torch.Generator().manual_seed(seed + rank)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+
+    def file(self, folder: Path) -> Path:
+        return Path(folder) / f"train_rng_{self.rank}.safetensors"
+
+    def save(self, folder: Path) -> None:
+        save_file({"generator": self.generator.get_state()}, str(self.file(folder)))
+
+    def load(self, folder: Path) -> None:
+        """This process's state from a checkpoint (a checkpoint from before the per-process files keeps the
+        registered object's state)."""
+        if self.file(folder).is_file():
+            self.generator.set_state(load_file(str(self.file(folder)))["generator"])
 
 
 @dataclass
@@ -344,12 +363,13 @@ def setup_training(
         num_training_steps=config.total_steps * accelerator.num_processes,
     )
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    rng = TrainRNG(t.seed + accelerator.process_index)
+    rng = TrainRNG(t.seed, accelerator.process_index)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(rng, progress)
     _register_checkpoint_hooks(accelerator)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
+        rng.load(resume_dir)  # this process's own stream (the registered object held the main process's)
     start_step = progress.step
     end_step = config.total_steps if stop_at_step is None else min(stop_at_step, config.total_steps)
 
@@ -400,13 +420,17 @@ def setup_training(
 def _register_checkpoint_hooks(accelerator) -> None:
     """Checkpoints hold only the trainable weights (DLA + LoRA) in ``trainable.safetensors``, never the frozen base."""
 
+    # DDP / one process: ``weights`` holds what accelerate would save, replaced by the trainable weights. FSDP2 and
+    # DeepSpeed save (and load) their own model state, frozen base included, and pass no weights / no models; the
+    # trainable weights are still gathered (FSDP2: from every process's shards) into the file export reads.
     def save_hook(models, weights, folder):
-        if weights:  # DDP / single process
-            save_file(trainable_state_dict(accelerator.unwrap_model(models[0])), str(Path(folder) / TRAINABLE_FILE))
-            weights.clear()
+        state = trainable_state_dict(accelerator.unwrap_model(models[0]))  # every process (a collective on FSDP2)
+        if accelerator.is_main_process:
+            save_file(state, str(Path(folder) / TRAINABLE_FILE))
+        weights.clear()
 
     def load_hook(models, folder):
-        if (Path(folder) / TRAINABLE_FILE).is_file():
+        if models and (Path(folder) / TRAINABLE_FILE).is_file():
             load_trainable(accelerator.unwrap_model(models[0]), Path(folder) / TRAINABLE_FILE)
             models.clear()
 
@@ -484,7 +508,7 @@ def train(
         if t.sample_every and step % t.sample_every == 0:
             run_validation(run, step, stage)
         if step % t.checkpoint_every == 0 or step == run.end_step or step == t.stage1_steps:
-            _save_checkpoint(accelerator, run.output_dir, step, t.keep_checkpoints)
+            _save_checkpoint(accelerator, run.output_dir, step, t.keep_checkpoints, run.rng)
     bar.close()
     accelerator.wait_for_everyone()
     result = TrainResult(run.output_dir, run.start_step, step, losses, time.perf_counter() - started)
@@ -496,7 +520,7 @@ def train(
     return result
 
 
-def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> None:
+def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int, rng: TrainRNG | None = None) -> None:
     """Write the checkpoint of ``step`` so that a kill at any moment leaves the previous ones usable.
 
     Every process writes into ``checkpoints/.partial-step-N``; then the main process adds the
@@ -511,6 +535,8 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, keep: int) -> Non
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if rng is not None:
+        rng.save(partial)  # every process its own generator (accelerate writes the main process's only)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         marker = partial / CHECKPOINT_COMPLETE
