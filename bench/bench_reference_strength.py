@@ -86,8 +86,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny-side", type=int, default=256, help="output side (px) of the tiny runs")
     parser.add_argument("--tiny-text-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--json", type=Path, help="also write every figure, unrounded, to this JSON file")
     args = parser.parse_args(argv)
+    if args.threads:  # a shared CPU: fewer threads give steadier timings
+        import torch
+
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="dla-bench-strength-") as work:
         args.work_dir = work
         return _run(args)
