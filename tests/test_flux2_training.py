@@ -197,6 +197,24 @@ def test_a_dla_for_another_dit_is_refused_before_any_model_loads(tmp_path, trans
         preflight(config)
 
 
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"timestep_shift": "resolution"}, r"timestep_shift 'resolution' is FLUX\.1's shift.*'fixed'"),
+        ({"reference_method": "offset"}, r"'offset' is not supported for FLUX\.2.*index"),
+    ],
+)
+def test_flux1_only_settings_are_refused_for_flux2_before_any_model_loads(tmp_path, train, message):
+    from dla_core.train.trainer import preflight
+
+    folder = _fake_transformer(tmp_path / "transformer", "Flux2Transformer2DModel", **KLEIN)
+    config = _bad_input_config(tmp_path, folder, _tiny_dla("flux2_klein", context_width=24))
+    for key, value in train.items():
+        setattr(config.train, key, value)
+    with pytest.raises(DLAInputError, match=VERSION_MESSAGE if FLUX2_PROBLEM else message):
+        preflight(config)
+
+
 def test_flux2_is_refused_on_an_old_diffusers_naming_the_version_before_anything_loads(tmp_path):
     """The oldest CI row (diffusers 0.35) gets the message; a current one has FLUX.2 and no message."""
     from dla_core.train.trainer import train

@@ -105,6 +105,17 @@ def default_reference_method(family: str, configured: str | None) -> str:
     return configured or DEFAULT_REFERENCE_METHOD
 
 
+def check_family_settings(family: str, config) -> None:
+    """Settings that do not carry over to FLUX.2, refused before anything loads (reference placement included)."""
+    default_reference_method(family, config.train.reference_method)
+    if family == "flux2" and config.train.timestep_shift == "resolution":
+        raise DLAInputError(
+            "train.timestep_shift 'resolution' is FLUX.1's shift (mu from its 2x2-packed token count); FLUX.2's own "
+            "depends on the sampling steps and does not apply to training. Use 'fixed' (shift 3.0, as "
+            "configs/train_flux2_klein.yaml) or 'none'."
+        )
+
+
 def default_lora_targets(family: str) -> tuple[str, ...]:
     return FLUX2_ATTENTION_TARGETS if family == "flux2" else FLUX_ATTENTION_TARGETS
 

@@ -240,7 +240,7 @@ def preflight(config: DLATrainingConfig):
     require_paths(config, ["model.flux", "model.init_dla", "train.output_dir"], "train")
     family, transformer_config = families.resolve_family(config)
     families.check_family_runtime(family)
-    families.default_reference_method(family, config.train.reference_method)
+    families.check_family_settings(family, config)
     dataset = feature_dataset(config)  # the cache, or the manifest for online features (models load later)
     dla_config = read_dla_config(config.model.init_dla)
     families.check_dla_fits_transformer(family, transformer_config, dla_config, f"'{config.model.flux}'")
