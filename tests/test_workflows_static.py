@@ -262,6 +262,16 @@ def test_a_workflow_that_needs_a_newer_comfyui_declares_it(path):
     types = {node["type"] for node in ui["nodes"]}
     clip_types = {node["inputs"]["type"] for node in api.values() if node["class_type"] == "CLIPLoader"}
     requires = _requires(ui)
+    if "krea2" in clip_types:  # Krea 2 (ComfyUI 0.33; not in 0.3.64): its CLIPLoader type and notice
+        assert requires == {
+            "feature": "Krea 2 (comfy/ldm/krea2, CLIPLoader type krea2)",
+            "min_comfyui": None,
+            "node_types": [],
+            "clip_types": ["krea2"],
+            "reference_latents_methods": [],
+            "notice": "nodes/compat.py::krea2_missing_message",
+        }
+        return
     if not (types & FLUX2_ONLY_NODE_TYPES or "flux2" in clip_types or path in NEW_FAMILY_FILES):
         assert requires is None  # the 2509 / Kontext / DLA workflows run on every supported ComfyUI
         return

@@ -53,6 +53,9 @@ const MODEL_LINKS = {
   'flux2-vae.safetensors': { directory: 'vae', url: 'https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/flux2-vae.safetensors' },
   'flux-2-klein-4b-fp8.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/black-forest-labs/FLUX.2-klein-4b-fp8/resolve/main/flux-2-klein-4b-fp8.safetensors' },
   'qwen_3_4b.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/Comfy-Org/z_image_turbo/resolve/main/split_files/text_encoders/qwen_3_4b.safetensors' },
+  // Krea 2 (ComfyUI's template image_krea2_turbo_t2i_int8; its VAE is qwen_image_vae, linked above)
+  'krea2_turbo_int8_convrot.safetensors': { directory: 'diffusion_models', url: 'https://huggingface.co/Comfy-Org/Krea-2/resolve/main/diffusion_models/krea2_turbo_int8_convrot.safetensors' },
+  'qwen3vl_4b_fp8_scaled.safetensors': { directory: 'text_encoders', url: 'https://huggingface.co/Comfy-Org/Krea-2/resolve/main/text_encoders/qwen3vl_4b_fp8_scaled.safetensors' },
 };
 const PROMPT = 'The subject from the reference image sitting on a wooden bench in an autumn park, '
   + 'seen from the side, soft morning light, detailed photo.';

@@ -275,6 +275,9 @@ LISTED_ONLY_MODEL_NAMES = {
     ("text_encoders", "mistral_3_small_flux2_fp8.safetensors"),
     ("text_encoders", "qwen_3_4b.safetensors"),
     ("vae", "flux2-vae.safetensors"),
+    # Krea 2 (tests/integration/http/test_krea2_workflows.py runs them on tiny files through the tiny loaders)
+    ("diffusion_models", "krea2_turbo_int8_convrot.safetensors"),
+    ("text_encoders", "qwen3vl_4b_fp8_scaled.safetensors"),
 }
 
 # The reference images the workflows' LoadImage nodes name (written into the server's input/ folder).

@@ -32,6 +32,7 @@ for _path in (_REPO_ROOT, _REPO_ROOT / "tests" / "lib"):  # dla_core; the test-o
 
 from dla_tiny.flux2_text_encoders import COMFY_MISTRAL3_OPTIONS, COMFY_QWEN3_OPTIONS  # noqa: E402
 from dla_tiny.flux_text_encoders import COMFY_MODEL_OPTIONS as _FLUX_TE_OPTIONS  # noqa: E402
+from dla_tiny.krea2 import COMFY_KREA2_TE_OPTIONS  # noqa: E402
 from dla_tiny.qwen_image import COMFY_TE_MODEL_OPTIONS_KEY, DIT_READY_TE_CONFIG  # noqa: E402
 
 # Qwen2.5-VL: the tiny config whose output fits the Qwen-Image DiT (3584 wide); FLUX: CLIP-L + T5;
@@ -41,6 +42,7 @@ TINY_TEXT_ENCODER_OPTIONS = {
     **_FLUX_TE_OPTIONS,
     **COMFY_MISTRAL3_OPTIONS,
     **COMFY_QWEN3_OPTIONS,
+    **COMFY_KREA2_TE_OPTIONS,  # Krea 2 (type krea2): Qwen3-VL-4B, narrow past its real width
 }
 # stock node id -> the test-only id that replaces it in a rewritten workflow
 SUBSTITUTES = {"CLIPLoader": "DLATestTinyCLIPLoader", "DualCLIPLoader": "DLATestTinyDualCLIPLoader"}
