@@ -65,7 +65,8 @@ const REQUIRES = {
 const RECIPE = [
   `Starting recipe (not tuned on full-size models): stage 1 (t >= tau1 = ${TAU1}) the text only, stage 2 the text`,
   `+ both references, stage 3 = stage 2 (positive_stage3 left unconnected: it reuses stage 2). tau2 = ${TAU2}: no stage 3.`,
-  'tau1 = 1 with tau2 = 0 puts every step in stage 2: the native graph. Lower tau1 = more steps without the',
+  'tau1 = 1 with tau2 = 0: every step but the first (t = 1 exactly, still stage 1) in stage 2; the native graph',
+  'from the first step: the references in positive_stage1 too. Lower tau1 = more steps without the',
   'references = more freedom of pose and layout, less copy-paste, less identity.',
 ];
 

@@ -47,7 +47,8 @@ const KONTEXT_NOTE = [
   '',
   'Stage 1 (t >= tau1): the text only. Stage 2: text + reference latents (method: offset).',
   'Stage 3 (t < tau2): the reference latents with the text zeroed (reference-heavy details).',
-  'tau1 = 1, tau2 = 0 gives plain Kontext (every step in stage 2).',
+  'tau1 = 1, tau2 = 0: every step but the first (t = 1, still stage 1) in stage 2; plain Kontext from the first',
+  'step: the references in positive_stage1 too (the later stages reuse it).',
 ].join('\n');
 
 // ---------------------------------------------------------------------------------- Qwen-Image-Edit
