@@ -65,7 +65,7 @@ def family_models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
         {"samples": torch.zeros(1, 16, 8, 8)},
         [_random(1, 16, 8, 8, seed=24), _random(1, 16, 4, 12, seed=25)],
     )
-    qwen_2509 = build_tiny_qwen_image_dit(root / "qwen_2509.safetensors", seed=0)
+    qwen_2509 = cached_build(build_tiny_qwen_image_dit, root, seed=0)
     out["qwen_image_edit_2509"] = (
         comfy.sd.load_diffusion_model(str(qwen_2509)),
         [[_random(1, 6, 3584, seed=15), {}]],

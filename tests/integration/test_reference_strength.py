@@ -81,7 +81,7 @@ def family_models(comfy, tiny_models_dir, tiny_names, tmp_path_factory):
             {"samples": torch.zeros(1, 16, 1, 8, 8)},
             [_random(1, 16, 1, 8, 8, seed=28), _random(1, 16, 1, 4, 12, seed=29)],
         )
-    qwen = build_tiny_qwen_image_dit(root / "qwen_2509.safetensors", seed=0)
+    qwen = cached_build(build_tiny_qwen_image_dit, root, seed=0)
     out["qwen_image_edit"] = (
         comfy.sd.load_diffusion_model(str(qwen)),
         [[_random(1, 6, 3584, seed=15), {}]],
