@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import gc
 import importlib
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -256,6 +258,7 @@ def measure(fn, device, repeats: int, warmup: int = 1) -> tuple[dict, object]:
 def start_comfyui(comfy_path: Path, device: str) -> tuple[object, callable]:
     """Start ComfyUI in this process with the pack as a custom node; returns (ComfyUI's nodes, pack-module getter)."""
     base = Path(tempfile.mkdtemp(prefix="dla-gpu-bench-comfy-"))
+    atexit.register(shutil.rmtree, base, ignore_errors=True)  # nothing left in the temp folder after a run
     for sub in ("custom_nodes", "models/dla", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
@@ -806,6 +809,7 @@ def run(comfy_path: Path, device: str, scale: Scale, simulate_gb: float, results
         scale = replace(scale, flux_hidden=tiny_flux_width(pack))
     dtype = torch.bfloat16
     work = Path(tempfile.mkdtemp(prefix="dla-gpu-bench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     started = time.perf_counter()
     results.update(
         {
