@@ -153,8 +153,9 @@ def test_api_widget_inputs_follow_the_ui_widget_values_in_order(path):
         )
 
 
+FLUX2_KLEIN_DLA = "flux2_klein_dla_subject"  # the paper's pipeline on FLUX.2 [klein] 4B (issue 19)
 DLA_FILES = [
-    path for path in UI_FILES if path.stem.startswith("dla_")
+    path for path in UI_FILES if path.stem.startswith("dla_") or path.stem == FLUX2_KLEIN_DLA
 ]  # Qwen-Image-Edit / Kontext graphs use ComfyUI's encoders
 
 
@@ -195,6 +196,43 @@ def test_compare_workflow_differs_only_in_staging():
         assert source(ui, off, name) == source(ui, on, name), name
     saves = [node for node in ui["nodes"] if node["type"] == "SaveImage"]
     assert len({widget(path, node, "filename_prefix") for node in saves}) == 2
+
+
+def test_flux2_klein_dla_workflow_is_the_papers_pipeline_with_klein_sampling():
+    """MLLM Loader (Qwen3-VL-4B) -> Joint Encode -> DLA -> Reference Latents -> staged guider, [klein]'s template
+    sampling (Flux2Scheduler 4 steps, euler, cfg 1); stage 3 = the DLA's 'MLLM off' with the references."""
+    api = load(API_DIR / f"{FLUX2_KLEIN_DLA}.json")
+    (guider_id, guider), (sample,) = _staged_node(api), api_nodes_of_type(api, "SamplerCustomAdvanced")
+    inputs = guider["inputs"]
+    assert (inputs["cfg"], inputs["tau1"], inputs["tau2"]) == (1.0, 0.95, 0.85)
+    assert inputs["model"] == [api_node_id(api, "LoraLoaderModelOnly"), 0]
+    assert api[api_node_id(api, "LoraLoaderModelOnly")]["inputs"]["model"] == [api_node_id(api, "UNETLoader"), 0]
+    aggregate = api_node_id(api, "DLAAggregate")
+    assert inputs["positive_stage1"] == [aggregate, 0]
+    refs = api[inputs["positive_stage2"][0]]
+    assert refs["class_type"] == "DLAReferenceLatents" and refs["inputs"]["conditioning"] == [aggregate, 0]
+    stage3 = api[inputs["positive_stage3"][0]]
+    assert stage3["class_type"] == "DLAStageConditioning" and stage3["inputs"]["stage"] == "3: identity only"
+    assert stage3["inputs"]["positive"] == inputs["positive_stage2"]
+    encode = api[api[aggregate]["inputs"]["mllm_features"][0]]
+    assert encode["class_type"] == "DLAMLLMJointEncode"
+    assert api[encode["inputs"]["mllm"][0]]["inputs"]["mllm_name"] == "Qwen3-VL-4B-Instruct"
+    assert sample["inputs"]["guider"] == [guider_id, 0]
+    assert api[sample["inputs"]["sigmas"][0]]["inputs"] == {"steps": 4, "width": 1024, "height": 1024}
+    assert api[sample["inputs"]["sampler"][0]]["inputs"] == {"sampler_name": "euler"}
+    # the same klein settings and files as the training-free klein workflow (ComfyUI's klein template's)
+    klein = load(API_DIR / "flux2_klein_staged.json")
+    for kind in ("UNETLoader", "VAELoader", "Flux2Scheduler", "EmptyFlux2LatentImage", "KSamplerSelect"):
+        assert api[api_node_id(api, kind)]["inputs"] == klein[api_node_id(klein, kind)]["inputs"], kind
+
+
+def api_nodes_of_type(api: dict, class_type: str) -> list[dict]:
+    return [node for node in api.values() if node["class_type"] == class_type]
+
+
+def api_node_id(api: dict, class_type: str) -> str:
+    (node_id,) = [i for i, node in api.items() if node["class_type"] == class_type]
+    return node_id
 
 
 def _user_model_names() -> dict:
@@ -285,7 +323,7 @@ def test_a_workflow_that_needs_a_newer_comfyui_declares_it(path):
     }
     assert set(requires["node_types"]) == types & FLUX2_ONLY_NODE_TYPES
     assert set(requires["clip_types"]) == clip_types & {"flux2"}
-    if "flux2" in clip_types:
+    if "flux2" in clip_types or types & FLUX2_ONLY_NODE_TYPES:  # FLUX.2 (also without a CLIPLoader: the DLA one)
         assert requires["notice"] == "nodes/compat.py::flux2_missing_message"
         assert requires["min_comfyui"] == ("0.9.2" if "klein" in path.stem else "0.3.72")
     else:
@@ -390,7 +428,10 @@ LOADER_FOLDERS = {
 # The pack's own files: the trained DLA checkpoints, the MLLM folder (a Hugging Face repository, not one
 # file) and the LoRA trained with the DLA. No public single-file download: no entry.
 PACK_ONLY_FOLDERS = {"dla", "mllm"}
-PACK_ONLY_FILES = {"dla_internvl3-8b_flux1-dev_lora.safetensors"}
+PACK_ONLY_FILES = {
+    "dla_internvl3-8b_flux1-dev_lora.safetensors",
+    "dla_qwen3-vl-4b_flux2-klein-4b_lora.safetensors",
+}
 # Where the URLs of ComfyUI's own templates (the source of ours) point.
 DOWNLOAD_URL_PREFIXES = (
     "https://huggingface.co/Comfy-Org/",

@@ -60,7 +60,18 @@ async function main() {
       window.__dlaExpected = names;
       return names;
     }, prefix);
-    for (let i = 0; i < 40 && (await cardTitles()).length < expected.length; i += 1) await page.waitForTimeout(250);
+    // Front end 1.27 shows 12 cards a page and loads the next when its trigger below the last card comes into view.
+    const showAllCards = async () => {
+      const shown = page.locator('[role="dialog"]').last();
+      for (let i = 0; i < 40; i += 1) {
+        const seen = await cardTitles();
+        if (seen.length >= expected.length) break;
+        if (seen.length) await shown.getByText(seen[seen.length - 1], { exact: true }).first().scrollIntoViewIfNeeded();
+        await page.mouse.wheel(0, 600);
+        await page.waitForTimeout(250);
+      }
+    };
+    await showAllCards();
     report.cards = await cardTitles();
     // Each card's picture, as decoded by the browser (the front ends show it through a blob: URL).
     for (const name of report.cards) {
@@ -103,6 +114,7 @@ async function main() {
         const again = page.locator('[role="dialog"]').last();
         await again.waitFor({ state: 'visible', timeout: 30000 });
         await again.getByText(pack, { exact: true }).first().click();
+        await showAllCards();
       }
       await page.evaluate(() => window.app.graph.clear());
       const card = page.locator('[role="dialog"]').last().getByText(name, { exact: true }).first();

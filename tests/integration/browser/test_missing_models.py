@@ -66,10 +66,19 @@ EXPECTED = {
         "qwen_3_4b.safetensors": "text_encoders",
         "flux2-vae.safetensors": "vae",
     },
+    "flux2_klein_dla_subject": {
+        "flux-2-klein-4b-fp8.safetensors": "diffusion_models",
+        "flux2-vae.safetensors": "vae",
+    },
 }
 # The pack's own files (trained DLA + its LoRA): no download link. Front end 1.49 lists them anyway (it
 # scans every model-file combo), 1.27 only lists files that carry metadata.
-PACK_ONLY = {"dla_internvl3-8b_flux1-dev.safetensors", "dla_internvl3-8b_flux1-dev_lora.safetensors"}
+PACK_ONLY = {
+    "dla_internvl3-8b_flux1-dev.safetensors",
+    "dla_internvl3-8b_flux1-dev_lora.safetensors",
+    "dla_qwen3-vl-4b_flux2-klein-4b.safetensors",
+    "dla_qwen3-vl-4b_flux2-klein-4b_lora.safetensors",
+}
 
 
 def _release(version: str) -> tuple[int, ...]:

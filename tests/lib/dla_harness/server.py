@@ -278,6 +278,11 @@ LISTED_ONLY_MODEL_NAMES = {
     # Krea 2 (tests/integration/http/test_krea2_workflows.py runs them on tiny files through the tiny loaders)
     ("diffusion_models", "krea2_turbo_int8_convrot.safetensors"),
     ("text_encoders", "qwen3vl_4b_fp8_scaled.safetensors"),
+    # The paper's pipeline on FLUX.2 [klein] (tests/integration/http/test_flux2_trained_dla_http.py runs it on a
+    # DLA + LoRA trained on a tiny [klein]); the MLLM folder is listed as a folder with an empty config.json
+    ("mllm", "Qwen3-VL-4B-Instruct"),
+    ("dla", "dla_qwen3-vl-4b_flux2-klein-4b.safetensors"),
+    ("loras", "dla_qwen3-vl-4b_flux2-klein-4b_lora.safetensors"),
 }
 
 # The reference images the workflows' LoadImage nodes name (written into the server's input/ folder).
@@ -306,7 +311,11 @@ def models_tree_with_user_names(tiny_models_dir: Path, dest: Path, user_names: b
         (dest / folder / user_name).symlink_to(target, target_is_directory=target.is_dir())
     for folder, user_name in LISTED_ONLY_MODEL_NAMES:
         (dest / folder).mkdir(parents=True, exist_ok=True)
-        (dest / folder / user_name).touch()
+        if folder == "mllm":  # MLLM Loader lists the folders that hold a config.json
+            (dest / folder / user_name).mkdir()
+            (dest / folder / user_name / "config.json").write_text("{}")
+        else:
+            (dest / folder / user_name).touch()
     return dest
 
 
