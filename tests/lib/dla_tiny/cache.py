@@ -38,7 +38,7 @@ SOURCES = (
     "dla_core/checkpoint.py",  # save_dla / load_dla: the DLA files in the tiny tree
 )
 TREE_FORMAT = "5"  # bump when init-dla or the DLA module's weights change (the tiny tree holds DLA files)
-KEEP = 1  # plus any used within IN_USE_S: a run of another checkout may still read it
+KEEP = 1  # plus any used within IN_USE_S (a run of another checkout may still read it); one digest: ~10 GiB
 IN_USE_S = 3600.0
 ENV = "DLA_TINY_MODELS_CACHE"
 
